@@ -1,0 +1,1 @@
+"""Lightning callbacks (installed as `lit_swift.callbacks`)."""

@@ -1,0 +1,51 @@
+"""Checkpointing that writes atomically and puts an HF-format folder beside every `.ckpt`.
+
+`x.ckpt` (Lightning, for exact resume) gets a sibling `x.hf/`: a PEFT adapter folder for LoRA runs
+or a safetensors model folder for full fine-tuning, with tokenizer files and the run's resolved
+config. Both are written to temporary names and renamed, so a kill mid-save keeps the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def hf_folder(ckpt_path: str | Path) -> Path:
+    """The HF-format folder that belongs to a Lightning checkpoint file."""
+    path = Path(ckpt_path)
+    return path.with_name(path.stem + ".hf")
+
+
+class HFCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` (same arguments: `save_top_k`, `every_n_train_steps`, `monitor`, ...) plus HF folders.
+
+    Args:
+        save_hf: also write the HF-format folder next to each checkpoint.
+        **kwargs: passed to `ModelCheckpoint`; `save_last` defaults to True.
+    """
+
+    def __init__(self, save_hf: bool = True, **kwargs):
+        kwargs.setdefault("save_last", True)
+        super().__init__(**kwargs)
+        self.save_hf = save_hf
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        tmp = filepath + ".tmp"
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero:
+            if self.save_hf and hasattr(trainer.lightning_module, "save_hf"):
+                config = Path(trainer.log_dir or "") / "config.yaml"
+                trainer.lightning_module.save_hf(hf_folder(filepath), config)
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            shutil.rmtree(hf_folder(filepath), ignore_errors=True)

@@ -1,0 +1,100 @@
+"""`lit-swift` entry point: fit/validate/test/predict through LightningCLI, tools through jsonargparse.
+
+`main(args=None)` so tests call it in-process. The objective and the DataModule are chosen by
+`class_path`; the model spec is written once (`model.init_args.model`) and linked to the
+DataModule's tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+TOOL_COMMANDS = {"data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`"}
+
+
+class LitSwiftCLI(LightningCLI):
+    """LightningCLI with the model spec linked from the objective to the DataModule."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """Checkpoint with `HFCheckpoint` (HF folders, atomic writes) unless the YAML configures one."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from lit_swift.callbacks.hf_checkpoint import HFCheckpoint
+
+        listed = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_checkpointing") is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in listed
+        ):
+            callbacks = [*callbacks, HFCheckpoint()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def trainer_defaults() -> dict:
+    return {
+        # the DataModule plans each rank's share itself (exact loss normalisation and resume)
+        "use_distributed_sampler": False,
+    }
+
+
+def run_trainer(args: list[str]) -> LitSwiftCLI:
+    import lightning as L
+
+    from lit_swift.data.datamodule import SFTDataModule  # noqa: F401  (documents the default family)
+    from lit_swift.objectives.base import CausalLMObjective
+
+    return LitSwiftCLI(
+        CausalLMObjective,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+def run_data(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.data.preview import preview
+
+    def preview_command(**kwargs):
+        print(preview(**kwargs))
+
+    preview_command.__signature__ = __import__("inspect").signature(preview)
+    preview_command.__doc__ = preview.__doc__
+    CLI({"preview": preview_command}, args=args, prog="lit-swift data")
+
+
+def usage() -> str:
+    lines = ["usage: lit-swift COMMAND [options]", "", "commands:"]
+    for name in TRAINER_COMMANDS:
+        lines.append(f"  {name:<9} {name} with a LightningCLI YAML: lit-swift {name} --config x.yaml")
+    for name, text in TOOL_COMMANDS.items():
+        lines.append(f"  {name:<9} {text}")
+    lines.append("\nRun `lit-swift COMMAND --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if args is None else args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command, rest = args[0], args[1:]
+    if command in TRAINER_COMMANDS:
+        run_trainer(args)
+    elif command == "data":
+        run_data(rest)
+    else:
+        print(f"lit-swift: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)

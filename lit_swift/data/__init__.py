@@ -1,0 +1,1 @@
+"""Data stages: sources -> rows -> template -> packing -> collate -> DataModules."""

@@ -1,0 +1,195 @@
+"""LightningDataModules wiring the data stages; their plan state makes mid-epoch resume exact.
+
+`SFTDataModule` reads chat rows (SFT) or plain text (CPT), encodes them with a chat template,
+applies the length policy, optionally bin-packs them, and serves micro-batches planned per epoch
+by `EpochPlanSampler` (see `plan.py`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from lit_swift import models
+from lit_swift.data import collate, packing, sources
+from lit_swift.data.plan import EpochPlanSampler, MicroBatch
+from lit_swift.data.template import ChatEncoder, LossOn, Truncation, check_labels, truncate
+from lit_swift.types import IGNORE_INDEX, ChatRow, EncodedSample, TextRow
+
+
+def num_targets(sample: EncodedSample) -> int:
+    """Tokens that carry a next-token target (the first label can never be predicted)."""
+    return sum(1 for x in sample.labels[1:] if x != IGNORE_INDEX)
+
+
+class PlannedBatches(Dataset):
+    """Map-style view that collates one planned `MicroBatch` per item (in workers when they exist)."""
+
+    def __init__(self, samples: list[EncodedSample], pad_id: int, packed: bool):
+        self.samples, self.pad_id, self.packed = samples, pad_id, packed
+
+    def __getitem__(self, mb: MicroBatch) -> dict[str, Any]:
+        if self.packed:
+            batch = collate.collate_packed([[self.samples[i] for i in row] for row in mb.rows], self.pad_id)
+        else:
+            batch = collate.collate_padded([self.samples[row[0]] for row in mb.rows], self.pad_id)
+        batch["step_target_tokens"] = mb.step_target_tokens
+        return batch
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Chat SFT or plain-text CPT data.
+
+    Args:
+        tokenizer: model spec whose tokenizer encodes the data (linked from the model in YAML).
+        dataset: training files (`.jsonl`, `.json`, `.csv`, `.parquet`), each optionally `path#N`.
+        val_dataset: validation files; otherwise `val_split` of the training rows.
+        val_split: fraction of training rows held out for validation when no `val_dataset` is given.
+        kind: `chat` (messages-like rows, loss on assistant turns) or `text` (CPT, no template).
+        columns: renames applied to raw columns before format detection, e.g. `{question: query}`.
+        template: named chat template, or None for the tokenizer's own.
+        system: system prompt for conversations without one.
+        loss_on: which turns carry labels.
+        max_length: longest encoded sample (or packed row).
+        truncation: what to do with longer samples: `right`, `left`, `drop` or `split` (CPT chunks).
+        packing: bin-pack samples into rows of `max_length` (no attention across samples).
+        batch_size: rows per micro-batch (packed rows when packing).
+        val_batch_size: rows per validation batch (default `batch_size`).
+        shuffle: reshuffle every epoch (seeded).
+        seed: seed for `path#N` sampling, the validation split and shuffling.
+        num_workers: DataLoader worker processes.
+        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        dataset: str | list[str],
+        val_dataset: str | list[str] | None = None,
+        val_split: float = 0.0,
+        kind: Literal["chat", "text"] = "chat",
+        columns: dict[str, str] | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        loss_on: LossOn = "assistant",
+        max_length: int = 2048,
+        truncation: Truncation = "right",
+        packing: bool = False,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 42,
+        num_workers: int = 0,
+        on_bad_row: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__()
+        self.tokenizer_spec = tokenizer
+        self.dataset = [dataset] if isinstance(dataset, str) else list(dataset)
+        self.val_dataset = [val_dataset] if isinstance(val_dataset, str) else val_dataset
+        self.val_split, self.kind, self.columns = val_split, kind, columns
+        self.template, self.system, self.loss_on = template, system, loss_on
+        self.max_length, self.truncation, self.packing = max_length, truncation, packing
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
+        self.train_samples: list[EncodedSample] | None = None
+        self.val_samples: list[EncodedSample] = []
+        self._resume: tuple[int, int] | None = None
+
+    # ----- stages -----
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_samples is not None:
+            return
+        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
+        self.encoder = ChatEncoder(
+            self.tokenizer, system=self.system, loss_on=self.loss_on, template=self.template
+        )
+        train = self._read(self.dataset)
+        if self.val_dataset:
+            val = self._read(self.val_dataset)
+        else:
+            train, val = sources.split_validation(train, self.val_split, self.seed)
+        self.train_samples = self._encode(train, "train")
+        self.val_samples = self._encode(val, "validation")
+
+    def _read(self, paths: list[str]) -> list[tuple[Any, str]]:
+        specs = [sources.DatasetSpec(p, columns=self.columns) for p in paths]
+        rows, report = sources.load_mixture(specs, self.kind, on_bad_row=self.on_bad_row, seed=self.seed)
+        if report.num_skipped:
+            rank_zero_info(report.summary())
+        return rows
+
+    def _encode(self, rows: list[tuple[Any, str]], split: str) -> list[EncodedSample]:
+        samples, counts = [], Counter()
+        for row, where in rows:
+            sample = self._encode_row(row, str(where))
+            pieces = truncate(sample, self.max_length, self.truncation)
+            if len(sample) > self.max_length:
+                counts[f"{self.truncation} (longer than max_length {self.max_length})"] += 1
+            for piece in pieces:
+                if num_targets(piece) == 0 and self.truncation == "split":
+                    continue  # a chunk of prompt-only text after splitting carries nothing to learn
+                samples.append(check_labels(piece, str(where)))
+        for reason, n in counts.items():
+            rank_zero_info(f"{split}: {n} sample(s) handled by truncation={reason}")
+        if samples:
+            rank_zero_info(f"{split}: {len(samples)} samples, {sum(map(len, samples))} tokens")
+        return samples
+
+    def _encode_row(self, row: ChatRow | TextRow, where: str) -> EncodedSample:
+        if isinstance(row, TextRow):
+            ids = self.tokenizer(row.text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+            return EncodedSample(ids, list(ids))
+        return self.encoder.encode(row, where)
+
+    # ----- loaders -----
+    def _units(self, samples: list[EncodedSample]) -> list[tuple[int, ...]]:
+        if not self.packing:
+            return [(i,) for i in range(len(samples))]
+        lengths = [len(s) for s in samples]
+        bins = packing.pack_first_fit_decreasing(lengths, self.max_length)
+        rank_zero_info(f"packing efficiency {packing.packing_efficiency(bins, lengths, self.max_length):.4f}")
+        return [tuple(b) for b in bins]
+
+    def _loader(self, samples: list[EncodedSample], batch_size: int, train: bool) -> DataLoader:
+        trainer = self.trainer
+        sampler = EpochPlanSampler(
+            self._units(samples),
+            [num_targets(s) for s in samples],
+            batch_size,
+            shuffle=self.shuffle and train,
+            seed=self.seed,
+            accumulate=trainer.accumulate_grad_batches if (trainer and train) else 1,
+            world_size=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        if train and self._resume is not None:
+            sampler.resume_at(*self._resume)
+        dataset = PlannedBatches(samples, self.tokenizer.pad_token_id, self.packing)
+        return DataLoader(
+            dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers, collate_fn=_identity
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_samples, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_samples, self.val_batch_size, train=False) if self.val_samples else []
+
+    # ----- exact resume -----
+    def state_dict(self) -> dict[str, Any]:
+        loop = self.trainer.fit_loop
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches_done": loop.epoch_loop.batch_progress.current.processed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = (state["epoch"], state["batches_done"])
+
+
+def _identity(batch: Any) -> Any:
+    return batch

@@ -1,0 +1,1 @@
+"""Pure tensor losses returning `(loss, metrics)`."""

@@ -1,0 +1,140 @@
+"""The shared minimum of every causal-LM objective: model + tuner, optimizer, lean checkpoints, HF export.
+
+Objectives subclass `CausalLMObjective` once and add their own `training_step`; nothing here knows
+about a particular loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from lit_swift import models, tuners
+from lit_swift.data.collate import model_inputs
+from lit_swift.optim import Cosine, Schedule
+from lit_swift.types import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+class CausalLMObjective(L.LightningModule):
+    """Loads the model from a spec, applies the tuner and builds optimizer and schedule.
+
+    Args:
+        model: built-in alias (e.g. `smollm2-135m-instruct`), local HF folder or hub id.
+        tuner: which weights train (`lit_swift.tuners.LoRA`, `Full`, `Freeze`, `QLoRA`).
+        optimizer: optimizer class and its arguments, e.g. `torch.optim.AdamW` with `lr`.
+        scheduler: learning-rate schedule over the run's optimizer steps.
+        dtype: weight dtype; keep `float32` with trainer `precision: bf16-mixed` for bf16 compute.
+        attn_implementation: `sdpa` (default), `eager`, `flash_attention_2` (CUDA + flash-attn).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        config_overrides: model config fields to override, e.g. `{num_hidden_layers: 2}`.
+        chunk_size: rows of LM-head logits computed at once.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        tuner: tuners.Tuner | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: Schedule | None = None,
+        dtype: models.Dtype = "float32",
+        attn_implementation: models.AttnImplementation = "sdpa",
+        gradient_checkpointing: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        chunk_size: int = 2048,
+    ):
+        super().__init__()
+        self.model_spec = model
+        self.tuner = tuner if tuner is not None else tuners.LoRA()
+        self.optimizer_factory = optimizer
+        self.schedule = scheduler if scheduler is not None else Cosine()
+        self.dtype_name, self.attn_implementation = dtype, attn_implementation
+        self.gradient_checkpointing, self.config_overrides = gradient_checkpointing, config_overrides
+        self.chunk_size = chunk_size
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.strict_loading = False  # adapter checkpoints hold only trainable weights
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        models.check_attn_implementation(self.attn_implementation)
+        base = models.load_model(
+            self.model_spec,
+            dtype=self.dtype_name,
+            attn_implementation=self.attn_implementation,
+            gradient_checkpointing=self.gradient_checkpointing,
+            config_overrides={**(self.config_overrides or {}), **self.tuner.load_kwargs()},
+        )
+        self.model = self.tuner.apply(base).train()  # from_pretrained returns eval mode (no dropout)
+        self.tokenizer = models.load_tokenizer(self.model_spec)
+        trainable, total = tuners.count_parameters(self.model)
+        log.info(
+            "trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+        )
+
+    # ----- forward helpers shared by objectives -----
+    def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:
+        """Final hidden states of the backbone (no LM head). # [B, T, H]"""
+        lm = tuners.base_model(self.model)
+        backbone = getattr(lm, lm.base_model_prefix)
+        return backbone(**model_inputs(batch)).last_hidden_state
+
+    def target_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Hidden states, targets and the boolean mask at positions that have a target."""
+        mask = batch["targets"] != IGNORE_INDEX  # [B, T]
+        hidden = self.hidden_states(batch)[mask]  # [N, H]
+        return hidden, batch["targets"][mask], mask
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return tuners.base_model(self.model).get_output_embeddings()
+
+    # ----- optimisation -----
+    def configure_optimizers(self):
+        groups = self.tuner.param_groups(self.model)
+        scales = [g.pop("lr_scale", 1.0) for g in groups]
+        optimizer = self.optimizer_factory(groups)
+        for group, scale in zip(optimizer.param_groups, scales, strict=True):
+            group["lr"] *= scale
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = self.schedule.build(optimizer, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----- checkpoints -----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+
+    def save_hf(self, folder: str | Path, config_file: str | Path | None = None) -> Path:
+        """Write an HF-format folder: PEFT adapter (LoRA) or full safetensors weights, plus tokenizer.
+
+        The write goes to a temporary sibling first and is renamed into place, so a crash leaves the
+        previous folder intact.
+        """
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(tmp))
+        if config_file is not None and Path(config_file).exists():
+            shutil.copy(config_file, tmp / "lit_swift_config.yaml")
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return folder

@@ -1,0 +1,1 @@
+"""Distributed-strategy presets (installed as `lit_swift.strategies`)."""
