@@ -43,7 +43,7 @@ def trainer_defaults() -> dict:
     }
 
 
-def run_trainer(args: list[str]) -> LitSwiftCLI:
+def run_trainer(args: list[str], run: bool = True) -> LitSwiftCLI:
     import lightning as L
 
     from lit_swift.data.datamodule import SFTDataModule  # noqa: F401  (documents the default family)
@@ -57,6 +57,7 @@ def run_trainer(args: list[str]) -> LitSwiftCLI:
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
 
