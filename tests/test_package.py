@@ -7,7 +7,6 @@ import pkgutil
 import subprocess
 import sys
 
-import lit_swift
 from lit_swift import cli
 
 
