@@ -33,6 +33,7 @@ class HFCheckpoint(ModelCheckpoint):
         kwargs.setdefault("save_last", True)
         super().__init__(**kwargs)
         self.save_hf = save_hf
+        self._dirpath_given = kwargs.get("dirpath") is not None
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         tmp = filepath + ".tmp"
@@ -44,6 +45,20 @@ class HFCheckpoint(ModelCheckpoint):
             os.replace(tmp, filepath)
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath
+
+    def _find_last_checkpoints(self, trainer) -> set[str]:
+        """`ckpt_path: last` also finds `last.ckpt` of earlier logger versions (a new process gets a new one).
+
+        Without an explicit `dirpath` the folder is `<logger root>/version_N/checkpoints`, and a resumed
+        run logs to version N+1, so Lightning alone would find nothing and silently start over.
+        """
+        found = super()._find_last_checkpoints(trainer)
+        if not self._dirpath_given and trainer.loggers and trainer.loggers[0].root_dir:
+            root = Path(trainer.loggers[0].root_dir)
+            found |= {
+                str(p) for p in root.glob(f"*/checkpoints/{self.CHECKPOINT_NAME_LAST}*{self.FILE_EXTENSION}")
+            }
+        return found
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -156,6 +157,8 @@ class SFTDataModule(L.LightningDataModule):
 
     def _loader(self, samples: list[EncodedSample], batch_size: int, train: bool) -> DataLoader:
         trainer = self.trainer
+        if trainer is not None:
+            check_trainer(trainer)
         sampler = EpochPlanSampler(
             self._units(samples),
             [num_targets(s) for s in samples],
@@ -169,8 +172,16 @@ class SFTDataModule(L.LightningDataModule):
         if train and self._resume is not None:
             sampler.resume_at(*self._resume)
         dataset = PlannedBatches(samples, self.tokenizer.pad_token_id, self.packing)
+        # Our own generator: creating a DataLoader iterator draws its base seed from it, and drawing from
+        # torch's global RNG instead would shift the dropout stream between a run and its resume.
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers, collate_fn=_identity
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -189,6 +200,21 @@ class SFTDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = (state["epoch"], state["batches_done"])
+
+
+def check_trainer(trainer: L.Trainer) -> None:
+    """Refuse a trainer that would replace the planned sampler with Lightning's DistributedSampler.
+
+    Raises:
+        ValueError: if `use_distributed_sampler` is on with more than one process.
+    """
+    if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+        raise ValueError(
+            "trainer.use_distributed_sampler must be False with world_size > 1: the DataModule plans each "
+            "rank's micro-batches itself (exact loss normalisation and resume) and Lightning's "
+            "DistributedSampler would replace that plan. Set `trainer: {use_distributed_sampler: false}` "
+            "(the lit-swift CLI default)."
+        )
 
 
 def _identity(batch: Any) -> Any:

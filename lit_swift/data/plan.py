@@ -9,6 +9,7 @@ micro-batches already consumed.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch.utils.data import Sampler
@@ -30,6 +31,7 @@ class EpochPlanSampler(Sampler[MicroBatch]):
         targets: target-token count of each sample.
         batch_size: rows per micro-batch.
         shuffle: reshuffle the rows every epoch with `seed + epoch`.
+        seed: base of the per-epoch shuffle seed.
         accumulate: micro-batches per optimizer step on each rank.
         world_size, rank: data-parallel layout.
     """
@@ -79,11 +81,14 @@ class EpochPlanSampler(Sampler[MicroBatch]):
             mine += [MicroBatch(mb, tokens) for mb in share]
         return mine
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MicroBatch]:
+        # A generator: the plan is made at the first `next()`, not at `iter()`. Lightning creates the
+        # train iterator in `setup_data` *before* it calls `set_epoch`, so an eager plan would use the
+        # previous epoch's order when resuming in epoch > 0.
         plan = self.plan(self.epoch)
         start = self.skip if self.epoch == self.skip_epoch else 0
         self.skip_epoch = -1
-        return iter(plan[start:])
+        yield from plan[start:]
 
     def __len__(self) -> int:
         return len(self.plan(self.epoch))

@@ -7,6 +7,7 @@ about a particular loss.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,17 @@ class CausalLMObjective(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng" in checkpoint:
-            torch.set_rng_state(checkpoint["rng"]["torch"])
+        # Applied at the next training batch, not now: between loading and that batch Lightning still
+        # builds dataloaders and runs hooks, while an uninterrupted run goes straight from save to batch.
+        self._pending_rng = checkpoint.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     def save_hf(self, folder: str | Path, config_file: str | Path | None = None) -> Path:
         """Write an HF-format folder: PEFT adapter (LoRA) or full safetensors weights, plus tokenizer.
@@ -138,3 +145,19 @@ class CausalLMObjective(L.LightningModule):
         tmp.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
         return folder
+
+
+def rng_state() -> dict[str, Any]:
+    """The random streams that training consumes (dropout, NEFTune): torch CPU and CUDA, Python."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
