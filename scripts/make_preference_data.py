@@ -94,9 +94,12 @@ def dpo_row(p: dict) -> dict:
 
 def kto_rows(p: dict) -> list[dict]:
     return [
-        {"system": SYSTEM, "messages": [{"role": "user", "content": p["prompt"]},
-                                        {"role": "assistant", "content": p[key]}],
-         "label": key == "chosen", "source": p["source"]}  # fmt: skip
+        {
+            "system": SYSTEM,
+            "messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p[key]}],
+            "label": key == "chosen",
+            "source": p["source"],
+        }  # fmt: skip
         for key in ("chosen", "rejected")
     ]
 

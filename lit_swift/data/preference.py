@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_swift import models
 from lit_swift.data import collate, sources
-from lit_swift.data.datamodule import num_targets
+from lit_swift.data.datamodule import check_trainer, num_targets
 from lit_swift.data.plan import EpochPlanSampler, MicroBatch
 from lit_swift.data.template import ChatEncoder, truncate
 from lit_swift.types import IGNORE_INDEX, EncodedSample, KTORow, PreferenceRow
@@ -222,6 +222,8 @@ class PreferenceDataModule(L.LightningDataModule):
     # ----- loaders -----
     def _loader(self, items: list, batch_size: int, train: bool, id_offset: int) -> DataLoader:
         trainer = self.trainer
+        if trainer is not None:
+            check_trainer(trainer)
         sampler = EpochPlanSampler(
             [(i,) for i in range(len(items))],
             [1] * len(items),  # so a micro-batch's step_target_tokens counts the rows in its step
@@ -237,8 +239,15 @@ class PreferenceDataModule(L.LightningDataModule):
         dataset = PlannedItems(
             items, self.collate_fn, self.tokenizer.pad_token_id, self.packing, self.max_length, id_offset
         )
+        # Our own generator keeps torch's global RNG (dropout) untouched by iterator creation (exact resume).
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers, collate_fn=_identity
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:

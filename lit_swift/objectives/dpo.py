@@ -70,7 +70,9 @@ class DPO(CausalLMObjective):
         **kwargs: model, tuner, optimizer, scheduler and model options of `CausalLMObjective`.
     """
 
-    def __init__(self, *args: Any, loss: PreferenceLoss | None = None, precompute_ref: bool = False, **kwargs):
+    def __init__(
+        self, *args: Any, loss: PreferenceLoss | None = None, precompute_ref: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.loss = loss if loss is not None else SigmoidDPO()
         self.precompute_ref = precompute_ref
