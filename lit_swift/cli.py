@@ -13,7 +13,11 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
-TOOL_COMMANDS = {"data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`"}
+TOOL_COMMANDS = {
+    "data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`",
+    "export": "Checkpoint -> HF folder: `lit-swift export RUN/checkpoints/last.ckpt --merge_lora true`",
+    "infer": "Generate: `lit-swift infer --adapter RUN/checkpoints/last.hf --prompt 'Hi'` (or --interactive)",
+}
 
 
 class LitSwiftCLI(LightningCLI):
@@ -75,6 +79,22 @@ def run_data(args: list[str]) -> None:
     CLI({"preview": preview_command}, args=args, prog="lit-swift data")
 
 
+def run_export(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.export.merge import export
+
+    CLI(export, args=args, prog="lit-swift export")
+
+
+def run_infer(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.export.infer import infer
+
+    CLI(infer, args=args, prog="lit-swift infer")
+
+
 def usage() -> str:
     lines = ["usage: lit-swift COMMAND [options]", "", "commands:"]
     for name in TRAINER_COMMANDS:
@@ -96,6 +116,10 @@ def main(args: list[str] | None = None) -> None:
         run_trainer(args)
     elif command == "data":
         run_data(rest)
+    elif command == "export":
+        run_export(rest)
+    elif command == "infer":
+        run_infer(rest)
     else:
         print(f"lit-swift: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
