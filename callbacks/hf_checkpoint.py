@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -26,12 +27,14 @@ class HFCheckpoint(ModelCheckpoint):
 
     Args:
         save_hf: also write the HF-format folder next to each checkpoint.
-        **kwargs: passed to `ModelCheckpoint`; `save_last` defaults to True.
+        save_last: also keep `last.ckpt` (what `--ckpt_path last` resumes from); on by default.
+        **kwargs: passed to `ModelCheckpoint`.
     """
 
-    def __init__(self, save_hf: bool = True, **kwargs):
-        kwargs.setdefault("save_last", True)
-        super().__init__(**kwargs)
+    def __init__(self, save_hf: bool = True, save_last: bool | Literal["link"] | None = True, **kwargs):
+        # An explicit parameter, not `kwargs.setdefault`: jsonargparse passes every ModelCheckpoint
+        # default (save_last=None) when the callback comes from YAML, which would switch it off.
+        super().__init__(save_last=save_last, **kwargs)
         self.save_hf = save_hf
         self._dirpath_given = kwargs.get("dirpath") is not None
 

@@ -1,0 +1,138 @@
+"""Tuners: which weights train (LoRA, Full, Freeze), DoRA/rsLoRA/LoRA+ switches, QLoRA on CPU, NEFTune,
+and the parameter counts logged when the objective builds its model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lit_swift import tuners
+from lit_swift.objectives.sft import SFT
+
+VOCAB = 64
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def two_steps(model: torch.nn.Module, tuner: tuners.Tuner) -> dict[str, bool]:
+    """Run two AdamW steps on random tokens; return, per parameter name, whether it changed."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([g["params"] for g in tuner.param_groups(model)][0], lr=1e-2)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {n: not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()}
+
+
+def test_lora_trains_only_adapters():
+    tuner = tuners.LoRA(r=4, alpha=8, dropout=0.0)
+    model = tuner.apply(tiny_llama())
+    changed = two_steps(model, tuner)
+    lora = {n for n in changed if "lora_" in n}
+    assert lora and all(changed[n] for n in lora)
+    assert not any(changed[n] for n in changed if n not in lora)
+
+
+def test_full_trains_everything():
+    tuner = tuners.Full()
+    model = tuner.apply(tiny_llama().requires_grad_(False))
+    assert all(two_steps(model, tuner).values())
+
+
+def test_freeze_trains_only_matching_names():
+    tuner = tuners.Freeze([r"layers\.1\.", r"^model\.norm"])
+    model = tuner.apply(tiny_llama())
+    changed = two_steps(model, tuner)
+    for name, did in changed.items():
+        assert did == ("layers.1." in name or name == "model.norm.weight"), name
+    with pytest.raises(ValueError, match="no parameter name matches"):
+        tuners.Freeze(["nothing_like_this"]).apply(tiny_llama())
+
+
+def test_dora_and_rslora_reach_peft():
+    dora = tuners.LoRA(r=4, alpha=8, use_dora=True).apply(tiny_llama())
+    assert dora.peft_config["default"].use_dora
+    assert any("lora_magnitude_vector" in n for n, _ in dora.named_parameters())
+    rs = tuners.LoRA(r=4, alpha=8, use_rslora=True).apply(tiny_llama())
+    plain = tuners.LoRA(r=4, alpha=8).apply(tiny_llama())
+    q_rs = rs.get_base_model().model.layers[0].self_attn.q_proj
+    q_plain = plain.get_base_model().model.layers[0].self_attn.q_proj
+    assert q_rs.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+    assert q_plain.scaling["default"] == pytest.approx(8 / 4)
+
+
+def objective(tuner: tuners.Tuner, lr: float = 1e-3) -> SFT:
+    """An SFT objective around the tiny model (no loading) with a stand-in trainer for the schedule."""
+    module = SFT("unused", tuner=tuner, optimizer=lambda p: torch.optim.AdamW(p, lr=lr))
+    module.model = tuner.apply(tiny_llama())
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    return module
+
+
+def test_lora_plus_gives_b_matrices_ratio_times_lr():
+    module = objective(tuners.LoRA(r=4, lora_plus_ratio=16.0), lr=1e-3)
+    optimizer = module.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    by_lr = {g["lr"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+    assert sorted(by_lr) == [pytest.approx(1e-3), pytest.approx(16e-3)]
+    assert all("lora_B" in n for n in by_lr[max(by_lr)]) and by_lr[max(by_lr)]
+    assert all("lora_B" not in n for n in by_lr[min(by_lr)])
+
+
+def test_qlora_on_cpu_raises_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="QLoRA needs the bitsandbytes package and a CUDA GPU"):
+        tuners.QLoRA().load_kwargs()
+
+
+def test_neftune_adds_noise_only_in_training():
+    model = tiny_llama()
+    embed = model.get_input_embeddings()
+    ids = torch.randint(0, VOCAB, (2, 8))
+    clean = embed(ids)
+    tuners.add_neftune(model, alpha=5.0)
+    model.eval()
+    torch.testing.assert_close(embed(ids), clean)
+    model.train()
+    noise = embed(ids) - clean
+    bound = 5.0 / math.sqrt(8 * 16)  # alpha / sqrt(L * d)
+    assert noise.abs().max() > 0 and noise.abs().max() <= bound + 1e-6
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a model folder (fast to load)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = tiny_llama().config
+    config.vocab_size = len(smollm2_tokenizer)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_parameter_counts_logged_when_the_model_is_built(tiny_dir, caplog):
+    module = SFT(tiny_dir, tuner=tuners.LoRA(r=4))
+    with caplog.at_level(logging.INFO, logger="lit_swift.objectives.base"):
+        module.configure_model()
+    trainable, total = tuners.count_parameters(module.model)
+    assert 0 < trainable < total
+    assert f"trainable parameters: {trainable:,} of {total:,}" in caplog.text
