@@ -31,8 +31,10 @@ def items(smollm2_tokenizer):
     enc = ChatEncoder(smollm2_tokenizer)
     msgs = [[{"role": "user", "content": p}] for p, _, _ in PAIRS]
     return [
-        PairItem(enc.encode_completion(m, {"role": "assistant", "content": c}),
-                 enc.encode_completion(m, {"role": "assistant", "content": r}))  # fmt: skip
+        PairItem(
+            enc.encode_completion(m, {"role": "assistant", "content": c}),
+            enc.encode_completion(m, {"role": "assistant", "content": r}),
+        )  # fmt: skip
         for m, (_, c, r) in zip(msgs, PAIRS, strict=True)
     ]
 
@@ -116,7 +118,9 @@ def test_precomputed_reference_is_the_initial_model(tmp_path):
         for batch in loader:
             with torch.no_grad():
                 sums, _ = model_sequence_logps(base, batch)
-            torch.testing.assert_close(module.ref_cache[batch["row_ids"]], sums.view(2, -1).T, atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                module.ref_cache[batch["row_ids"]], sums.view(2, -1).T, atol=1e-4, rtol=0
+            )
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     assert torch.equal(checkpoint["reference_logps"], module.ref_cache)
