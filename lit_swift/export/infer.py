@@ -63,6 +63,9 @@ class Generator:
         self.model, self.tokenizer, self.encoder = model, tokenizer, encoder
         self.stop_ids = sorted({*encoder.stop_token_ids, tokenizer.eos_token_id} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # end-of-turn texts that are not one token (e.g. "\n### "): generate stops on them as strings
+        single = {tokenizer.decode([i]) for i in self.stop_ids}
+        self.stop_strings = [s for s in encoder.stop_strings if s and s not in single]
 
     @torch.inference_mode()
     def generate_ids(
@@ -80,6 +83,7 @@ class Generator:
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             streamer=streamer,
+            **({"stop_strings": self.stop_strings, "tokenizer": self.tokenizer} if self.stop_strings else {}),
             **sampling.generate_kwargs(),
         )  # [B, T + new]
         rows = [row.tolist() for row in out[:, width:]]
@@ -87,8 +91,13 @@ class Generator:
 
     def answer(self, conversations: list[list[Message]], sampling: Sampling, streamer=None) -> list[str]:
         """One answer text per conversation."""
-        rows = self.generate_ids(conversations, sampling, streamer)
-        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+        texts = [
+            self.tokenizer.decode(row, skip_special_tokens=True)
+            for row in self.generate_ids(conversations, sampling, streamer)
+        ]
+        for stop in self.stop_strings:
+            texts = [text.split(stop)[0] for text in texts]
+        return [text.strip() for text in texts]
 
 
 def load_generator(

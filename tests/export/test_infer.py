@@ -12,7 +12,16 @@ import torch
 
 from lit_swift import models, tuners
 from lit_swift.cli import main
-from lit_swift.export.infer import Sampling, answer_file, chat, infer, load_generator, read_conversations
+from lit_swift.data.template import ChatEncoder
+from lit_swift.export.infer import (
+    Generator,
+    Sampling,
+    answer_file,
+    chat,
+    infer,
+    load_generator,
+    read_conversations,
+)
 
 SMOLLM2 = "smollm2-135m-instruct"
 TWO_LAYERS = {"num_hidden_layers": 2}
@@ -73,6 +82,16 @@ def test_sampling_is_seeded(generator):
     first = generator.generate_ids(conversation, sampling)
     torch.manual_seed(1)
     assert generator.generate_ids(conversation, sampling) == first
+
+
+def test_multi_token_end_of_turn_is_a_stop_string(generator):
+    """llama3's `<|eot_id|>` is several SmolLM2 tokens, so generation stops on it as text."""
+    llama3 = Generator(
+        generator.model, generator.tokenizer, ChatEncoder(generator.tokenizer, template="llama3")
+    )
+    assert llama3.stop_strings == ["<|eot_id|>"] and llama3.stop_ids == [generator.tokenizer.eos_token_id]
+    [text] = llama3.answer([[{"role": "user", "content": "Hi"}]], Sampling(max_new_tokens=4))
+    assert "<|eot_id|>" not in text
 
 
 def test_interactive_chat_streams_answers(generator, monkeypatch, capsys):
