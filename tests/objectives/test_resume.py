@@ -129,10 +129,10 @@ def test_sigkill_then_resume_last_reproduces_the_loss_curve(tmp_path):
         command(config), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.time() + 300
-    while not list((killed_dir / "runs").glob("lightning_logs/version_0/checkpoints/epoch=1-step=6.ckpt")):
+    while not list((killed_dir / "runs").glob("lightning_logs/version_0/checkpoints/epoch=1-step=7.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 1 (5 micro-batches per epoch)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 1 (5 micro-batches per epoch); last.ckpt is >= step 6
     proc.wait()
     last = killed_dir / "runs/lightning_logs/version_0/checkpoints/last.ckpt"
     resumed_from = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
