@@ -131,7 +131,7 @@ def tiny_dir(tmp_path_factory, smollm2_tokenizer) -> str:
 
 def test_parameter_counts_logged_when_the_model_is_built(tiny_dir, caplog):
     module = SFT(tiny_dir, tuner=tuners.LoRA(r=4))
-    with caplog.at_level(logging.INFO, logger="lit_swift.objectives.base"):
+    with caplog.at_level(logging.INFO):
         module.configure_model()
     trainable, total = tuners.count_parameters(module.model)
     assert 0 < trainable < total

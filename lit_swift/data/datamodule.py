@@ -7,6 +7,7 @@ by `EpochPlanSampler` (see `plan.py`).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any, Literal
 
@@ -200,6 +201,11 @@ class SFTDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = (state["epoch"], state["batches_done"])
+        # Lightning warns that a mid-epoch resume of a non-stateful DataLoader is unreliable; the
+        # sampler's `resume_at` makes ours exact, so the warning would only mislead.
+        warnings.filterwarnings(
+            "ignore", message="You're resuming from a checkpoint that ended before the epoch"
+        )
 
 
 def check_trainer(trainer: L.Trainer) -> None:

@@ -6,7 +6,6 @@ about a particular loss.
 
 from __future__ import annotations
 
-import logging
 import random
 import shutil
 from pathlib import Path
@@ -15,14 +14,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_swift import models, tuners
 from lit_swift.data.collate import model_inputs
 from lit_swift.optim import Cosine, Schedule
 from lit_swift.types import IGNORE_INDEX
-
-log = logging.getLogger(__name__)
 
 
 class CausalLMObjective(L.LightningModule):
@@ -78,9 +76,8 @@ class CausalLMObjective(L.LightningModule):
         self.model = self.tuner.apply(base).train()  # from_pretrained returns eval mode (no dropout)
         self.tokenizer = models.load_tokenizer(self.model_spec)
         trainable, total = tuners.count_parameters(self.model)
-        log.info(
-            "trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
-        )
+        # rank_zero_info: Lightning shows its INFO records on the console, a plain module logger would not
+        rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     # ----- forward helpers shared by objectives -----
     def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
+from lit_swift.data.datamodule import check_trainer
 from lit_swift.data.plan import EpochPlanSampler
 
 ROWS = [(i,) for i in range(10)]
@@ -82,3 +87,15 @@ def test_plan_is_made_lazily_after_set_epoch():
     it = iter(s)
     s.set_epoch(2)
     assert list(it) == _epoch(2)[1:]
+
+
+def test_distributed_sampler_with_several_ranks_is_refused():
+    def trainer(world_size: int, use: bool):
+        return SimpleNamespace(
+            world_size=world_size, _accelerator_connector=SimpleNamespace(use_distributed_sampler=use)
+        )
+
+    check_trainer(trainer(1, True))  # one process: Lightning leaves the sampler alone
+    check_trainer(trainer(2, False))
+    with pytest.raises(ValueError, match="use_distributed_sampler must be False"):
+        check_trainer(trainer(2, True))
