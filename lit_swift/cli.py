@@ -27,11 +27,15 @@ class LitSwiftCLI(LightningCLI):
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        """Checkpoint with `HFCheckpoint` (HF folders, atomic writes) unless the YAML configures one."""
+        """CSV logging and `HFCheckpoint` (HF folders, atomic writes) unless the YAML configures others."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from lit_swift.callbacks.hf_checkpoint import HFCheckpoint
 
+        if config.get("logger") in (None, True):  # CSV by default, even when tensorboard is installed
+            from lightning.pytorch.loggers import CSVLogger
+
+            config["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd())
         listed = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in listed

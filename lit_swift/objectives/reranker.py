@@ -14,7 +14,6 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from lit_swift import models, tuners
-from lit_swift.data.embedding import resolve_spec
 from lit_swift.losses.embedding import ListwiseSoftmax, RerankLoss
 from lit_swift.objectives.base import CausalLMObjective
 from lit_swift.objectives.embedding import for_task, merged_copy, retrieval_metrics, write_folder
@@ -69,7 +68,7 @@ class Reranker(CausalLMObjective):
             return
         from transformers import AutoModelForSequenceClassification
 
-        path = resolve_spec(self.model_spec)
+        path = self.model_spec
         overrides = {"num_labels": 1, **(self.config_overrides or {}), **self.tuner.load_kwargs()}
         base = models.load_model(
             path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing, overrides,
