@@ -36,7 +36,9 @@ class LossRecorder(L.Callback):
         self.losses[trainer.global_step] = outputs["loss"].item()
 
 
-def fit(root: Path, max_steps: int, ckpt_path: str | None = None) -> tuple[dict[int, float], SFT]:
+def fit(
+    root: Path, max_steps: int, ckpt_path: str | None = None, accumulate: int = 1, data: str = DATA
+) -> tuple[dict[int, float], SFT]:
     L.seed_everything(0)
     model = SFT(
         "smollm2-135m-instruct",
@@ -45,12 +47,15 @@ def fit(root: Path, max_steps: int, ckpt_path: str | None = None) -> tuple[dict[
         scheduler=Cosine(warmup_steps=2),
         config_overrides={"num_hidden_layers": 1},
     )
-    data = SFTDataModule("smollm2-135m-instruct", DATA, max_length=64, batch_size=2, shuffle=True, seed=3)
+    datamodule = SFTDataModule(
+        "smollm2-135m-instruct", data, max_length=64, batch_size=2, shuffle=True, seed=3
+    )
     recorder = LossRecorder()
     checkpoint = HFCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, save_hf=False)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
         callbacks=[recorder, checkpoint],
         logger=False,
         enable_progress_bar=False,
@@ -58,7 +63,7 @@ def fit(root: Path, max_steps: int, ckpt_path: str | None = None) -> tuple[dict[
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
     )
-    trainer.fit(model, data, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule, ckpt_path=ckpt_path)
     return recorder.losses, model
 
 
@@ -79,6 +84,19 @@ def test_in_process_resume_matches_uninterrupted(tmp_path):
             assert loss == pytest.approx(full[step], rel=1e-6, abs=1e-7), (k, step)
         for name, value in lora_state(model).items():
             torch.testing.assert_close(value, final[name], rtol=1e-5, atol=1e-7)
+
+
+def test_in_process_resume_with_gradient_accumulation(tmp_path):
+    """12 rows, batch 2, accumulate 2: 3 optimizer steps per epoch; resume mid-epoch 1 from step 4."""
+    data = str(ROOT / "data/quickstart/identity.jsonl#12")
+    full, model = fit(tmp_path / "full", max_steps=6, accumulate=2, data=data)
+    final = lora_state(model)
+    ckpt = next((tmp_path / "full").glob("epoch=1-step=4.ckpt"))
+    resumed, model = fit(tmp_path / "resumed", max_steps=6, ckpt_path=str(ckpt), accumulate=2, data=data)
+    for batch_end_step in (5, 6):  # the recorder sees each step's last micro-batch after the step
+        assert resumed[batch_end_step] == pytest.approx(full[batch_end_step], rel=1e-6, abs=1e-7)
+    for name, value in lora_state(model).items():
+        torch.testing.assert_close(value, final[name], rtol=1e-5, atol=1e-7)
 
 
 # ----- real processes: SIGKILL mid-run, then `--ckpt_path last` -----
