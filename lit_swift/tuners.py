@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+TaskType = Literal["CAUSAL_LM", "FEATURE_EXTRACTION", "SEQ_CLS"]
+"""What the objective puts on top of the model: LM head, pooled features, or a classification head."""
 
 
 class Tuner:
@@ -23,7 +26,8 @@ class Tuner:
         """Extra `from_pretrained` arguments this tuner needs (e.g. 4-bit quantisation)."""
         return {}
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, task_type: TaskType = "CAUSAL_LM") -> nn.Module:
+        """Prepare `model` for training; `task_type` names the head the objective uses (peft's task types)."""
         model.requires_grad_(True)
         return model
 
@@ -50,7 +54,7 @@ class Freeze(Tuner):
     def __init__(self, trainable: list[str]):
         self.trainable = trainable
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, task_type: TaskType = "CAUSAL_LM") -> nn.Module:
         patterns = [re.compile(p) for p in self.trainable]
         matched = 0
         for name, param in model.named_parameters():
@@ -95,11 +99,12 @@ class LoRA(Tuner):
     def is_adapter(self) -> bool:
         return True
 
-    def peft_config(self):
-        from peft import LoraConfig, TaskType
+    def peft_config(self, task_type: TaskType = "CAUSAL_LM"):
+        """peft's config; with `SEQ_CLS` peft also trains and saves the classification head in full."""
+        from peft import LoraConfig
 
         return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=task_type,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
@@ -109,10 +114,10 @@ class LoRA(Tuner):
             modules_to_save=self.modules_to_save,
         )
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, task_type: TaskType = "CAUSAL_LM") -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config())
+        return get_peft_model(model, self.peft_config(task_type))
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         if self.lora_plus_ratio is None:
@@ -142,10 +147,11 @@ class QLoRA(LoRA):
         )
         return {"quantization_config": config}
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, task_type: TaskType = "CAUSAL_LM") -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
-        return super().apply(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False))
+        prepared = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().apply(prepared, task_type)
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -167,6 +173,13 @@ def adapters_disabled(model: nn.Module):
             yield
     else:
         yield
+
+
+def load_adapter(model: nn.Module, folder: str) -> nn.Module:
+    """Wrap `model` with the PEFT adapter saved in `folder`."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(folder))
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -101,7 +101,6 @@ def load_adapter(
     `base_model_name_or_path`; `config_overrides` (e.g. `{num_hidden_layers: 2}`) likewise falls back
     to the run config's, so debug models with cut layers reload with the right shape.
     """
-    from peft import PeftModel  # TODO: move behind tuners.load_adapter (tuners.py is the peft importer)
 
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     run = read_config(folder / CONFIG_NAME)
@@ -111,7 +110,7 @@ def load_adapter(
         raise ValueError(f"adapter {folder} names no base model; pass it with --model")
     overrides = config_overrides if config_overrides is not None else init_args.get("config_overrides")
     base = models.load_model(spec, dtype=dtype, config_overrides=overrides)
-    peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+    peft_model = tuners.load_adapter(base, folder).eval()
     has_tokenizer = (folder / "tokenizer_config.json").exists()
     tokenizer = models.load_tokenizer(str(folder) if has_tokenizer else spec)
     return Trained(peft_model, tokenizer, run, folder / CONFIG_NAME if run else None)

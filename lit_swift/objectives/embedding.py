@@ -41,34 +41,6 @@ def pool(hidden: Tensor, mask: Tensor, pooling: Pooling) -> Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # [B, H]
 
 
-class TaskLoRA(tuners.LoRA):
-    """`tuners.LoRA` with a peft task type other than causal LM (encoders and classifiers).
-
-    Args:
-        task_type: peft task type, `FEATURE_EXTRACTION` (embeddings) or `SEQ_CLS` (rerankers; the
-            classification head then trains in full and is saved with the adapter).
-        **kwargs: the arguments of `tuners.LoRA`.
-    """
-
-    def __init__(self, *args: Any, task_type: str = "FEATURE_EXTRACTION", **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.task_type = task_type
-
-    def peft_config(self):
-        config = super().peft_config()
-        config.task_type = self.task_type
-        return config
-
-
-def for_task(tuner: tuners.Tuner, task_type: str) -> tuners.Tuner:
-    """Give a plain `LoRA` the peft task type the model needs (`LoRA` itself assumes a causal LM)."""
-    if not isinstance(tuner, tuners.LoRA) or getattr(tuner, "task_type", None) == task_type:
-        return tuner
-    if isinstance(tuner, tuners.QLoRA):
-        raise ValueError("QLoRA is only supported for causal-LM objectives; use lit_swift.tuners.LoRA")
-    return TaskLoRA(task_type=task_type, **vars(tuner))
-
-
 def write_folder(folder: str | Path, write: Callable[[Path], None], config_file: str | Path | None) -> Path:
     """Write a folder through a temporary sibling and rename it into place (a crash keeps the old one)."""
     folder = Path(folder)
@@ -139,7 +111,6 @@ class Embedding(CausalLMObjective):
             model, tuner if tuner is not None else tuners.Full(), optimizer, scheduler, dtype,
             attn_implementation, gradient_checkpointing, config_overrides,
         )  # fmt: skip
-        self.tuner = for_task(self.tuner, "FEATURE_EXTRACTION")
         self.loss = loss if loss is not None else InfoNCE()
         self.pooling, self.normalize, self.gather_across_ranks = pooling, normalize, gather_across_ranks
         self.recall_at, self.ndcg_at = recall_at or [1, 5], ndcg_at
@@ -155,7 +126,7 @@ class Embedding(CausalLMObjective):
             path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing,
             {**(self.config_overrides or {}), **self.tuner.load_kwargs()}, model_class=AutoModel,
         )  # fmt: skip
-        self.model = self.tuner.apply(base).train()
+        self.model = self.tuner.apply(base, task_type="FEATURE_EXTRACTION").train()
         self.tokenizer = models.load_tokenizer(path)
 
     def embed(self, batch: dict[str, Any], prefix: str) -> Tensor:

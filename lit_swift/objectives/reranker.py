@@ -16,7 +16,7 @@ from torch import Tensor
 from lit_swift import models, tuners
 from lit_swift.losses.embedding import ListwiseSoftmax, RerankLoss
 from lit_swift.objectives.base import CausalLMObjective
-from lit_swift.objectives.embedding import for_task, merged_copy, retrieval_metrics, write_folder
+from lit_swift.objectives.embedding import merged_copy, retrieval_metrics, write_folder
 from lit_swift.optim import Schedule
 
 
@@ -58,7 +58,6 @@ class Reranker(CausalLMObjective):
             model, tuner if tuner is not None else tuners.Full(), optimizer, scheduler, dtype,
             attn_implementation, gradient_checkpointing, config_overrides,
         )  # fmt: skip
-        self.tuner = for_task(self.tuner, "SEQ_CLS")
         self.loss = loss if loss is not None else ListwiseSoftmax()
         self.recall_at, self.ndcg_at = recall_at or [1], ndcg_at
         self._val: dict[str, list[Tensor]] = {}
@@ -77,7 +76,7 @@ class Reranker(CausalLMObjective):
         self.tokenizer = models.load_tokenizer(path)
         if base.config.pad_token_id is None:  # decoder heads pick each row's last non-pad token
             base.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = self.tuner.apply(base).train()
+        self.model = self.tuner.apply(base, task_type="SEQ_CLS").train()
 
     def score(self, batch: dict[str, Any]) -> Tensor:
         """Relevance logits per group. # [B, G]"""

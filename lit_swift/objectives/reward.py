@@ -53,7 +53,7 @@ class RewardModel(CausalLMObjective):
             config_overrides={**overrides, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id},
             model_class=AutoModelForSequenceClassification,
         )
-        self.model = _seq_cls_tuner(self.tuner, _head_name(base)).apply(base).train()
+        self.model = self.tuner.apply(base, task_type="SEQ_CLS").train()  # peft trains the head in full
 
     @property
     def head(self) -> nn.Module:
@@ -96,25 +96,6 @@ class RewardModel(CausalLMObjective):
             return super().save_hf(folder, config_file)
         finally:
             self.model = policy
-
-
-def _seq_cls_tuner(tuner: tuners.Tuner, head: str) -> tuners.Tuner:
-    """A copy of an adapter tuner whose peft config is a sequence-classification one training `head`.
-
-    peft wraps causal-LM task types in a class that needs generation methods a classifier lacks.
-    """
-    if not tuner.is_adapter:
-        return tuner
-    tuner, causal_config = copy.copy(tuner), tuner.peft_config
-
-    def peft_config():
-        config = causal_config()
-        config.task_type = "SEQ_CLS"
-        config.modules_to_save = sorted({*(config.modules_to_save or []), head})
-        return config
-
-    tuner.peft_config = peft_config
-    return tuner
 
 
 def _head_name(model: nn.Module) -> str:
