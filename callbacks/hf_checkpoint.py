@@ -41,9 +41,9 @@ class HFCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         tmp = filepath + ".tmp"
         super()._save_checkpoint(trainer, tmp)
+        config = Path(trainer.log_dir or "") / "config.yaml"  # a collective under DDP: every rank asks
         if trainer.is_global_zero:
             if self.save_hf and hasattr(trainer.lightning_module, "save_hf"):
-                config = Path(trainer.log_dir or "") / "config.yaml"
                 trainer.lightning_module.save_hf(hf_folder(filepath), config)
             os.replace(tmp, filepath)
         trainer.strategy.barrier()

@@ -50,8 +50,7 @@ def fit_args(root: Path, steps: int, record: Path, *extra: str) -> list[str]:
     recorder = {"class_path": "test_ddp_cpu.StepRecorder", "init_args": {"out": str(record)}}
     # Every step, so the last checkpoint is a mid-epoch one (a checkpoint written by `on_train_epoch_end`
     # after max_steps counts as a finished epoch: a resume skips the epoch's remaining batches).
-    # save_hf off: HFCheckpoint calls `trainer.log_dir` (a collective) on rank 0 only, which hangs DDP.
-    checkpoint = {"class_path": CHECKPOINT, "init_args": {"every_n_train_steps": 1, "save_hf": False}}
+    checkpoint = {"class_path": CHECKPOINT, "init_args": {"every_n_train_steps": 1}}
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
     return [
         "fit",
