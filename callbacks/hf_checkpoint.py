@@ -49,6 +49,18 @@ class HFCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Also save `last` when `max_steps` ends the run mid-epoch.
+
+        Lightning's own save after that point happens at epoch end and marks the epoch finished, so a
+        resume with a larger `max_steps` would skip the rest of the epoch; a batch-end save resumes
+        at exactly the next batch (the epoch-end save then sees this step saved and skips).
+        """
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        reached = 0 < trainer.max_steps <= trainer.global_step
+        if reached and self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _find_last_checkpoints(self, trainer) -> set[str]:
         """`ckpt_path: last` also finds `last.ckpt` of earlier logger versions (a new process gets a new one).
 

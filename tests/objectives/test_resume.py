@@ -19,7 +19,7 @@ from lit_swift.callbacks.hf_checkpoint import HFCheckpoint
 
 from lit_swift.data.datamodule import SFTDataModule
 from lit_swift.objectives.sft import SFT
-from lit_swift.optim import Cosine
+from lit_swift.optim import Constant, Cosine, Schedule
 from lit_swift.tuners import LoRA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,21 +37,29 @@ class LossRecorder(L.Callback):
 
 
 def fit(
-    root: Path, max_steps: int, ckpt_path: str | None = None, accumulate: int = 1, data: str = DATA
+    root: Path,
+    max_steps: int,
+    ckpt_path: str | None = None,
+    accumulate: int = 1,
+    data: str = DATA,
+    every_n_train_steps: int | None = 1,
+    scheduler: Schedule | None = None,
 ) -> tuple[dict[int, float], SFT]:
     L.seed_everything(0)
     model = SFT(
         "smollm2-135m-instruct",
         tuner=LoRA(r=4, alpha=8, dropout=0.2),
         optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3),
-        scheduler=Cosine(warmup_steps=2),
+        scheduler=scheduler or Cosine(warmup_steps=2),
         config_overrides={"num_hidden_layers": 1},
     )
     datamodule = SFTDataModule(
         "smollm2-135m-instruct", data, max_length=64, batch_size=2, shuffle=True, seed=3
     )
     recorder = LossRecorder()
-    checkpoint = HFCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1, save_hf=False)
+    checkpoint = HFCheckpoint(
+        dirpath=root, every_n_train_steps=every_n_train_steps, save_top_k=-1, save_hf=False
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=max_steps,
@@ -84,6 +92,21 @@ def test_in_process_resume_matches_uninterrupted(tmp_path):
             assert loss == pytest.approx(full[step], rel=1e-6, abs=1e-7), (k, step)
         for name, value in lora_state(model).items():
             torch.testing.assert_close(value, final[name], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_after_max_steps_stopped_mid_epoch(tmp_path):
+    """A run stopped by max_steps=3 (mid-epoch 0) and continued to 8 equals one run of 8 steps.
+
+    Constant LR: a schedule over `max_steps` differs between the two layouts by design.
+    """
+    constant = {"every_n_train_steps": None, "scheduler": Constant(warmup_steps=2)}
+    full, _ = fit(tmp_path / "full", max_steps=8, **constant)
+    fit(tmp_path / "first", max_steps=3, **constant)
+    last = str(tmp_path / "first" / "last.ckpt")
+    resumed, _ = fit(tmp_path / "more", max_steps=8, ckpt_path=last, **constant)
+    assert sorted(resumed) == list(range(4, 9))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
 
 
 def test_in_process_resume_with_gradient_accumulation(tmp_path):
