@@ -51,7 +51,7 @@ def trainer_defaults() -> dict:
     }
 
 
-def run_trainer(args: list[str], run: bool = True) -> LitSwiftCLI:
+def run_trainer(args: list[str] | None, run: bool = True) -> LitSwiftCLI:
     import lightning as L
 
     from lit_swift.data.datamodule import SFTDataModule  # noqa: F401  (documents the default family)
@@ -110,6 +110,7 @@ def usage() -> str:
 
 
 def main(args: list[str] | None = None) -> None:
+    from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args or args[0] in ("-h", "--help"):
@@ -117,7 +118,7 @@ def main(args: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command in TRAINER_COMMANDS:
-        run_trainer(args)
+        run_trainer(None if from_command_line else args)  # None: LightningCLI reads sys.argv itself
     elif command == "data":
         run_data(rest)
     elif command == "export":
