@@ -17,7 +17,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lit_swift import models, tuners
+from lit_swift import kernels, models, tuners
 from lit_swift.data.collate import model_inputs
 from lit_swift.optim import Cosine, Schedule
 from lit_swift.types import IGNORE_INDEX
@@ -36,6 +36,8 @@ class CausalLMObjective(L.LightningModule):
         gradient_checkpointing: recompute activations in backward to save memory.
         config_overrides: model config fields to override, e.g. `{num_hidden_layers: 2}`.
         chunk_size: rows of LM-head logits computed at once.
+        liger_kernels: patch the backbone with Liger's fused RMSNorm/RoPE/SwiGLU (CUDA + liger-kernel).
+        compile: `torch.compile` the backbone's forward in place (state-dict keys unchanged).
     """
 
     def __init__(
@@ -49,6 +51,8 @@ class CausalLMObjective(L.LightningModule):
         gradient_checkpointing: bool = False,
         config_overrides: dict[str, Any] | None = None,
         chunk_size: int = 2048,
+        liger_kernels: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.model_spec = model
@@ -57,34 +61,61 @@ class CausalLMObjective(L.LightningModule):
         self.schedule = scheduler if scheduler is not None else Cosine()
         self.dtype_name, self.attn_implementation = dtype, attn_implementation
         self.gradient_checkpointing, self.config_overrides = gradient_checkpointing, config_overrides
-        self.chunk_size = chunk_size
+        self.chunk_size, self.liger_kernels, self.compile_backbone = chunk_size, liger_kernels, compile
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self.strict_loading = False  # adapter checkpoints hold only trainable weights
 
+    auto_class = "AutoModelForCausalLM"
+    """The transformers auto class that loads the model (objectives with another head override it)."""
+    task_type: tuners.TaskType = "CAUSAL_LM"
+    """What sits on top of the backbone, for the tuner (peft's task types)."""
+
+    def head_config(self) -> dict[str, Any]:
+        """Config fields the objective's head needs (e.g. `num_labels: 1` for a scalar score)."""
+        return {}
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        import transformers
+
         models.check_attn_implementation(self.attn_implementation)
+        if self.liger_kernels:
+            kernels.check_liger()  # fail before the model load
+        self.tokenizer = models.load_tokenizer(self.model_spec)
         base = models.load_model(
             self.model_spec,
             dtype=self.dtype_name,
             attn_implementation=self.attn_implementation,
             gradient_checkpointing=self.gradient_checkpointing,
-            config_overrides={**(self.config_overrides or {}), **self.tuner.load_kwargs()},
+            config_overrides={
+                **(self.config_overrides or {}),
+                **self.tuner.load_kwargs(),
+                **self.head_config(),
+            },
+            model_class=getattr(transformers, self.auto_class),
         )
-        self.model = self.tuner.apply(base).train()  # from_pretrained returns eval mode (no dropout)
-        self.tokenizer = models.load_tokenizer(self.model_spec)
+        if self.liger_kernels:
+            kernels.apply_liger(base)
+        # from_pretrained returns eval mode (no dropout)
+        self.model = self.tuner.apply(base, task_type=self.task_type).train()
+        if self.compile_backbone:
+            self.backbone.compile()
         trainable, total = tuners.count_parameters(self.model)
         # rank_zero_info: Lightning shows its INFO records on the console, a plain module logger would not
         rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     # ----- forward helpers shared by objectives -----
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The transformer without its LM head (adapters stay injected in its layers)."""
+        lm = tuners.base_model(self.model)
+        return getattr(lm, lm.base_model_prefix)
+
     def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:
         """Final hidden states of the backbone (no LM head). # [B, T, H]"""
-        lm = tuners.base_model(self.model)
-        backbone = getattr(lm, lm.base_model_prefix)
-        return backbone(**model_inputs(batch)).last_hidden_state
+        return self.backbone(**model_inputs(batch)).last_hidden_state
 
     def target_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Hidden states, targets and the boolean mask at positions that have a target."""

@@ -116,18 +116,8 @@ class Embedding(CausalLMObjective):
         self.recall_at, self.ndcg_at = recall_at or [1, 5], ndcg_at
         self._val: dict[str, Any] = {}
 
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        from transformers import AutoModel
-
-        path = self.model_spec
-        base = models.load_model(
-            path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing,
-            {**(self.config_overrides or {}), **self.tuner.load_kwargs()}, model_class=AutoModel,
-        )  # fmt: skip
-        self.model = self.tuner.apply(base, task_type="FEATURE_EXTRACTION").train()
-        self.tokenizer = models.load_tokenizer(path)
+    auto_class = "AutoModel"
+    task_type = "FEATURE_EXTRACTION"
 
     def embed(self, batch: dict[str, Any], prefix: str) -> Tensor:
         """Pooled embeddings of the `prefix_*` tokens of a batch. # [B, H]"""

@@ -62,21 +62,12 @@ class Reranker(CausalLMObjective):
         self.recall_at, self.ndcg_at = recall_at or [1], ndcg_at
         self._val: dict[str, list[Tensor]] = {}
 
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        from transformers import AutoModelForSequenceClassification
+    auto_class = "AutoModelForSequenceClassification"
+    task_type = "SEQ_CLS"
 
-        path = self.model_spec
-        overrides = {"num_labels": 1, **(self.config_overrides or {}), **self.tuner.load_kwargs()}
-        base = models.load_model(
-            path, self.dtype_name, self.attn_implementation, self.gradient_checkpointing, overrides,
-            model_class=AutoModelForSequenceClassification,
-        )  # fmt: skip
-        self.tokenizer = models.load_tokenizer(path)
-        if base.config.pad_token_id is None:  # decoder heads pick each row's last non-pad token
-            base.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = self.tuner.apply(base, task_type="SEQ_CLS").train()
+    def head_config(self) -> dict[str, Any]:
+        # decoder heads pick each row's last non-pad token, so the config needs the pad id
+        return {"num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
 
     def score(self, batch: dict[str, Any]) -> Tensor:
         """Relevance logits per group. # [B, G]"""

@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_swift import models, tuners
+from lit_swift import tuners
 from lit_swift.losses.functional import bradley_terry_loss, last_positions
 from lit_swift.objectives.base import CausalLMObjective
 from lit_swift.objectives.dpo import step_scale
@@ -37,23 +37,11 @@ class RewardModel(CausalLMObjective):
         self.use_margin = use_margin
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
 
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        from transformers import AutoModelForSequenceClassification
+    auto_class = "AutoModelForSequenceClassification"
+    task_type = "SEQ_CLS"  # peft trains and saves the score head in full
 
-        models.check_attn_implementation(self.attn_implementation)
-        self.tokenizer = models.load_tokenizer(self.model_spec)
-        overrides = {**(self.config_overrides or {}), **self.tuner.load_kwargs()}
-        base = models.load_model(
-            self.model_spec,
-            dtype=self.dtype_name,
-            attn_implementation=self.attn_implementation,
-            gradient_checkpointing=self.gradient_checkpointing,
-            config_overrides={**overrides, "num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id},
-            model_class=AutoModelForSequenceClassification,
-        )
-        self.model = self.tuner.apply(base, task_type="SEQ_CLS").train()  # peft trains the head in full
+    def head_config(self) -> dict[str, Any]:
+        return {"num_labels": 1, "pad_token_id": self.tokenizer.pad_token_id}
 
     @property
     def head(self) -> nn.Module:
