@@ -2,23 +2,19 @@
 
 `SFTDataModule` reads chat rows (SFT) or plain text (CPT), encodes them with a chat template,
 applies the length policy, optionally bin-packs them, and serves micro-batches planned per epoch
-by `EpochPlanSampler` (see `plan.py`).
+by `EpochPlanSampler` through their shared base `PlannedDataModule` (see `plan.py`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from typing import Any, Literal
 
-import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lit_swift import models
-from lit_swift.data import collate, packing, sources
-from lit_swift.data.plan import EpochPlanSampler, MicroBatch
+from lit_swift.data import collate, packing
+from lit_swift.data.plan import MicroBatch, PlannedDataModule
 from lit_swift.data.template import ChatEncoder, LossOn, Truncation, check_labels, truncate
 from lit_swift.types import IGNORE_INDEX, ChatRow, EncodedSample, TextRow
 
@@ -43,7 +39,7 @@ class PlannedBatches(Dataset):
         return batch
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(PlannedDataModule):
     """Chat SFT or plain-text CPT data.
 
     Args:
@@ -88,41 +84,22 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
     ):
-        super().__init__()
-        self.tokenizer_spec = tokenizer
-        self.dataset = [dataset] if isinstance(dataset, str) else list(dataset)
-        self.val_dataset = [val_dataset] if isinstance(val_dataset, str) else val_dataset
-        self.val_split, self.kind, self.columns = val_split, kind, columns
-        self.template, self.system, self.loss_on = template, system, loss_on
+        super().__init__(
+            tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
+            num_workers, on_bad_row,
+        )  # fmt: skip
+        self.kind, self.template, self.system, self.loss_on = kind, template, system, loss_on
         self.max_length, self.truncation, self.packing = max_length, truncation, packing
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
         self.train_samples: list[EncodedSample] | None = None
         self.val_samples: list[EncodedSample] = []
-        self._resume: tuple[int, int] | None = None
 
     # ----- stages -----
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_samples is not None:
-            return
-        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
+    def _prepare(self, train: list[tuple[Any, str]], val: list[tuple[Any, str]]) -> None:
         self.encoder = ChatEncoder(
             self.tokenizer, system=self.system, loss_on=self.loss_on, template=self.template
         )
-        train = self._read(self.dataset)
-        if self.val_dataset:
-            val = self._read(self.val_dataset)
-        else:
-            train, val = sources.split_validation(train, self.val_split, self.seed)
         self.train_samples = self._encode(train, "train")
         self.val_samples = self._encode(val, "validation")
-
-    def _read(self, paths: list[str]) -> list[tuple[Any, str]]:
-        specs = [sources.DatasetSpec(p, columns=self.columns) for p in paths]
-        rows, report = sources.load_mixture(specs, self.kind, on_bad_row=self.on_bad_row, seed=self.seed)
-        if report.num_skipped:
-            rank_zero_info(report.summary())
-        return rows
 
     def _encode(self, rows: list[tuple[Any, str]], split: str) -> list[EncodedSample]:
         samples, counts = [], Counter()
@@ -157,32 +134,9 @@ class SFTDataModule(L.LightningDataModule):
         return [tuple(b) for b in bins]
 
     def _loader(self, samples: list[EncodedSample], batch_size: int, train: bool) -> DataLoader:
-        trainer = self.trainer
-        if trainer is not None:
-            check_trainer(trainer)
-        sampler = EpochPlanSampler(
-            self._units(samples),
-            [num_targets(s) for s in samples],
-            batch_size,
-            shuffle=self.shuffle and train,
-            seed=self.seed,
-            accumulate=trainer.accumulate_grad_batches if (trainer and train) else 1,
-            world_size=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
-        if train and self._resume is not None:
-            sampler.resume_at(*self._resume)
         dataset = PlannedBatches(samples, self.tokenizer.pad_token_id, self.packing)
-        # Our own generator: creating a DataLoader iterator draws its base seed from it, and drawing from
-        # torch's global RNG instead would shift the dropout stream between a run and its resume.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_identity,
-            generator=generator,
+        return self._planned_loader(
+            dataset, self._units(samples), [num_targets(s) for s in samples], batch_size, train
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -190,38 +144,3 @@ class SFTDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_samples, self.val_batch_size, train=False) if self.val_samples else []
-
-    # ----- exact resume -----
-    def state_dict(self) -> dict[str, Any]:
-        loop = self.trainer.fit_loop
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": loop.epoch_loop.batch_progress.current.processed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = (state["epoch"], state["batches_done"])
-        # Lightning warns that a mid-epoch resume of a non-stateful DataLoader is unreliable; the
-        # sampler's `resume_at` makes ours exact, so the warning would only mislead.
-        warnings.filterwarnings(
-            "ignore", message="You're resuming from a checkpoint that ended before the epoch"
-        )
-
-
-def check_trainer(trainer: L.Trainer) -> None:
-    """Refuse a trainer that would replace the planned sampler with Lightning's DistributedSampler.
-
-    Raises:
-        ValueError: if `use_distributed_sampler` is on with more than one process.
-    """
-    if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
-        raise ValueError(
-            "trainer.use_distributed_sampler must be False with world_size > 1: the DataModule plans each "
-            "rank's micro-batches itself (exact loss normalisation and resume) and Lightning's "
-            "DistributedSampler would replace that plan. Set `trainer: {use_distributed_sampler: false}` "
-            "(the lit-swift CLI default)."
-        )
-
-
-def _identity(batch: Any) -> Any:
-    return batch

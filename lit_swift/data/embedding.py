@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lit_swift import models
-from lit_swift.data import sources
-from lit_swift.data.plan import EpochPlanSampler, MicroBatch
+from lit_swift.data.plan import MicroBatch, PlannedDataModule
 from lit_swift.types import EmbeddingRow
 
 
@@ -46,8 +43,18 @@ class PlannedRows(Dataset):
         return self.collate([row[0] for row in mb.rows])
 
 
-class _RowDataModule(L.LightningDataModule):
-    """Shared reading, splitting, loaders and resume state; subclasses define `collate(indices, split)`.
+def _tokenize(
+    tokenizer: Any, max_length: int, texts: list[str], pairs: list[str] | None = None
+) -> dict[str, Any]:
+    return tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+class EmbeddingDataModule(PlannedDataModule):
+    """Pairs, triplets or scored pairs for a bi-encoder; in-batch negatives come free with `batch_size`.
+
+    A batch holds `query_*` tokens `[B, Tq]`, `doc_*` tokens `[B * (1 + num_negatives), Td]` (the B
+    positives first, then each row's negatives row by row), `scores` `[B]` when every row has one, and
+    `doc_ids` (validation corpus ids: equal texts share an id) for retrieval metrics.
 
     Args:
         tokenizer: model spec whose tokenizer encodes the texts (linked from the model in YAML).
@@ -56,14 +63,96 @@ class _RowDataModule(L.LightningDataModule):
         val_split: fraction of training rows held out when no `val_dataset` is given.
         columns: renames applied to raw columns first, e.g. `{question: query, answer: positive}`.
         num_negatives: hard negatives per row (cycled from the row's `negatives`); 0 uses none.
-        max_length: longest tokenised text (or query+document pair), truncated beyond.
+        max_length: longest tokenised text, truncated beyond.
         batch_size: queries per micro-batch.
         val_batch_size: queries per validation batch (default `batch_size`).
         shuffle: reshuffle the training rows every epoch (seeded).
         seed: seed for `path#N` sampling, the validation split and shuffling.
         num_workers: DataLoader worker processes.
         on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+        append_eos: append the tokenizer's EOS token to every text (decoder LMs with last-token pooling).
     """
+
+    kind = "embedding"
+    shard_validation = False  # every rank ranks the whole validation corpus, so metrics are exact
+
+    def __init__(
+        self,
+        tokenizer: str,
+        dataset: str | list[str],
+        val_dataset: str | list[str] | None = None,
+        val_split: float = 0.0,
+        columns: dict[str, str] | None = None,
+        num_negatives: int = 0,
+        max_length: int = 256,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 42,
+        num_workers: int = 0,
+        on_bad_row: Literal["raise", "skip"] = "raise",
+        *,
+        append_eos: bool = False,
+    ):
+        super().__init__(
+            tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
+            num_workers, on_bad_row,
+        )  # fmt: skip
+        self.num_negatives, self.max_length, self.append_eos = num_negatives, max_length, append_eos
+        self.rows: dict[str, list[EmbeddingRow]] | None = None
+        self.negatives: dict[str, list[list[str]]] = {}
+        self.doc_index: dict[str, int] = {}
+
+    def _prepare(self, train: list[tuple[EmbeddingRow, Any]], val: list[tuple[EmbeddingRow, Any]]) -> None:
+        self.rows, self.negatives = _rows_and_negatives(train, val, self.num_negatives)
+
+    def _texts(self, texts: list[str]) -> list[str]:
+        return [t + self.tokenizer.eos_token for t in texts] if self.append_eos else texts
+
+    def collate(self, indices: list[int], split: str) -> dict[str, Any]:
+        rows = [self.rows[split][i] for i in indices]
+        docs = [r.positive for r in rows] + [n for i in indices for n in self.negatives[split][i]]
+        query = _tokenize(self.tokenizer, self.max_length, self._texts([r.query for r in rows]))
+        doc = _tokenize(self.tokenizer, self.max_length, self._texts(docs))
+        batch = {f"query_{k}": v for k, v in query.items()} | {f"doc_{k}": v for k, v in doc.items()}
+        if all(r.score is not None for r in rows):
+            batch["scores"] = torch.tensor([r.score for r in rows])
+        if split == "val":
+            batch["doc_ids"] = [self.doc_index.setdefault(t, len(self.doc_index)) for t in docs]
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        return _row_loader(self, "train", self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return _row_loader(self, "val", self.val_batch_size) if self.rows["val"] else []
+
+
+class RerankerDataModule(PlannedDataModule):
+    """Groups for a cross-encoder: each query with its positive and `num_negatives` hard negatives.
+
+    A batch holds the tokenised (query, document) pairs `[B * G, T]` (G = 1 + num_negatives, group by
+    group) and `labels` `[B, G]`: the positive's `score` (default 1) then 0 for every negative. With
+    `num_negatives: 0` rows are plain labelled pairs (`score`/`label` column) for pointwise training.
+
+    Args:
+        tokenizer: model spec whose tokenizer encodes the texts (linked from the model in YAML).
+        dataset: training files (`.jsonl`, `.json`, `.csv`, `.parquet`), each optionally `path#N`.
+        val_dataset: validation files; otherwise `val_split` of the training rows.
+        val_split: fraction of training rows held out when no `val_dataset` is given.
+        columns: renames applied to raw columns first, e.g. `{question: query, answer: positive}`.
+        num_negatives: hard negatives per row (cycled from the row's `negatives`); 0 uses none.
+        max_length: longest tokenised query+document pair, truncated beyond.
+        batch_size: queries (groups) per micro-batch.
+        val_batch_size: queries per validation batch (default `batch_size`).
+        shuffle: reshuffle the training rows every epoch (seeded).
+        seed: seed for `path#N` sampling, the validation split and shuffling.
+        num_workers: DataLoader worker processes.
+        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+    """
+
+    kind = "embedding"
+    shard_validation = False  # every rank ranks the whole validation corpus, so metrics are exact
 
     def __init__(
         self,
@@ -81,135 +170,44 @@ class _RowDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
     ):
-        super().__init__()
-        self.tokenizer_spec = tokenizer
-        self.dataset = [dataset] if isinstance(dataset, str) else list(dataset)
-        self.val_dataset = [val_dataset] if isinstance(val_dataset, str) else val_dataset
-        self.val_split, self.columns, self.num_negatives = val_split, columns, num_negatives
-        self.max_length, self.batch_size = max_length, batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
+        super().__init__(
+            tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
+            num_workers, on_bad_row,
+        )  # fmt: skip
+        self.num_negatives, self.max_length = num_negatives, max_length
         self.rows: dict[str, list[EmbeddingRow]] | None = None
         self.negatives: dict[str, list[list[str]]] = {}
-        self._resume: tuple[int, int] | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.rows is not None:
-            return
-        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
-        train = self._read(self.dataset)
-        if self.val_dataset:
-            val = self._read(self.val_dataset)
-        else:
-            train, val = sources.split_validation(train, self.val_split, self.seed)
-        self.rows = {"train": [r for r, _ in train], "val": [r for r, _ in val]}
-        self.negatives = {"train": pick_negatives(train, self.num_negatives)}
-        self.negatives["val"] = pick_negatives(val, self.num_negatives)
-        rank_zero_info(f"embedding rows: {len(train)} train, {len(val)} validation")
-
-    def _read(self, paths: list[str]) -> list[tuple[EmbeddingRow, Any]]:
-        specs = [sources.DatasetSpec(p, columns=self.columns) for p in paths]
-        rows, report = sources.load_mixture(specs, "embedding", on_bad_row=self.on_bad_row, seed=self.seed)
-        if report.num_skipped:
-            rank_zero_info(report.summary())
-        return rows
-
-    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, Any]:
-        return self.tokenizer(
-            texts, pairs, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-
-    def collate(self, indices: list[int], split: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        train, trainer = split == "train", self.trainer
-        sampler = EpochPlanSampler(
-            [(i,) for i in range(len(self.rows[split]))],
-            [1] * len(self.rows[split]),
-            batch_size,
-            shuffle=self.shuffle and train,
-            seed=self.seed,
-            accumulate=trainer.accumulate_grad_batches if (trainer and train) else 1,
-            # validation is not sharded: every rank ranks the whole corpus, so metrics are exact
-            world_size=trainer.world_size if (trainer and train) else 1,
-            rank=trainer.global_rank if (trainer and train) else 0,
-        )
-        if train and self._resume is not None:
-            sampler.resume_at(*self._resume)
-        dataset = PlannedRows(lambda idx: self.collate(idx, split), len(self.rows[split]))
-        return DataLoader(
-            dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers, collate_fn=_identity
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", self.val_batch_size) if self.rows["val"] else []
-
-    def state_dict(self) -> dict[str, Any]:
-        loop = self.trainer.fit_loop
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": loop.epoch_loop.batch_progress.current.processed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = (state["epoch"], state["batches_done"])
-
-
-class EmbeddingDataModule(_RowDataModule):
-    """Pairs, triplets or scored pairs for a bi-encoder; in-batch negatives come free with `batch_size`.
-
-    A batch holds `query_*` tokens `[B, Tq]`, `doc_*` tokens `[B * (1 + num_negatives), Td]` (the B
-    positives first, then each row's negatives row by row), `scores` `[B]` when every row has one, and
-    `doc_ids` (validation corpus ids: equal texts share an id) for retrieval metrics.
-
-    Args:
-        append_eos: append the tokenizer's EOS token to every text (decoder LMs with last-token pooling).
-        **kwargs: reading, negatives, batching and resume options of the shared base (see its Args).
-    """
-
-    def __init__(self, *args: Any, append_eos: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.append_eos = append_eos
-        self.doc_index: dict[str, int] = {}
-
-    def _texts(self, texts: list[str]) -> list[str]:
-        return [t + self.tokenizer.eos_token for t in texts] if self.append_eos else texts
-
-    def collate(self, indices: list[int], split: str) -> dict[str, Any]:
-        rows = [self.rows[split][i] for i in indices]
-        docs = [r.positive for r in rows] + [n for i in indices for n in self.negatives[split][i]]
-        query, doc = self.tokenize(self._texts([r.query for r in rows])), self.tokenize(self._texts(docs))
-        batch = {f"query_{k}": v for k, v in query.items()} | {f"doc_{k}": v for k, v in doc.items()}
-        if all(r.score is not None for r in rows):
-            batch["scores"] = torch.tensor([r.score for r in rows])
-        if split == "val":
-            batch["doc_ids"] = [self.doc_index.setdefault(t, len(self.doc_index)) for t in docs]
-        return batch
-
-
-class RerankerDataModule(_RowDataModule):
-    """Groups for a cross-encoder: each query with its positive and `num_negatives` hard negatives.
-
-    A batch holds the tokenised (query, document) pairs `[B * G, T]` (G = 1 + num_negatives, group by
-    group) and `labels` `[B, G]`: the positive's `score` (default 1) then 0 for every negative. With
-    `num_negatives: 0` rows are plain labelled pairs (`score`/`label` column) for pointwise training.
-
-    Args:
-        **kwargs: reading, negatives, batching and resume options of the shared base (see its Args).
-    """
+    def _prepare(self, train: list[tuple[EmbeddingRow, Any]], val: list[tuple[EmbeddingRow, Any]]) -> None:
+        self.rows, self.negatives = _rows_and_negatives(train, val, self.num_negatives)
 
     def collate(self, indices: list[int], split: str) -> dict[str, Any]:
         rows = [self.rows[split][i] for i in indices]
         groups = [[r.positive, *self.negatives[split][i]] for r, i in zip(rows, indices, strict=True)]
         queries = [r.query for r, g in zip(rows, groups, strict=True) for _ in g]
-        pairs = self.tokenize(queries, [d for g in groups for d in g])
+        pairs = _tokenize(self.tokenizer, self.max_length, queries, [d for g in groups for d in g])
         labels = [[1.0 if r.score is None else r.score] + [0.0] * self.num_negatives for r in rows]
         return dict(pairs) | {"labels": torch.tensor(labels)}  # [B * G, T], [B, G]
 
+    def train_dataloader(self) -> DataLoader:
+        return _row_loader(self, "train", self.batch_size)
 
-def _identity(batch: Any) -> Any:
-    return batch
+    def val_dataloader(self) -> DataLoader | list:
+        return _row_loader(self, "val", self.val_batch_size) if self.rows["val"] else []
+
+
+def _rows_and_negatives(
+    train: list[tuple[EmbeddingRow, Any]], val: list[tuple[EmbeddingRow, Any]], num_negatives: int
+) -> tuple[dict[str, list[EmbeddingRow]], dict[str, list[list[str]]]]:
+    """Rows and their fixed hard negatives, keyed by split (`train`, `val`)."""
+    rows = {"train": [r for r, _ in train], "val": [r for r, _ in val]}
+    negatives = {"train": pick_negatives(train, num_negatives), "val": pick_negatives(val, num_negatives)}
+    rank_zero_info(f"embedding rows: {len(train)} train, {len(val)} validation")
+    return rows, negatives
+
+
+def _row_loader(dm: EmbeddingDataModule | RerankerDataModule, split: str, batch_size: int) -> DataLoader:
+    """The planned loader of one split: one unit (and one "target") per row, collated by `dm.collate`."""
+    num = len(dm.rows[split])
+    dataset = PlannedRows(lambda idx: dm.collate(idx, split), num)
+    return dm._planned_loader(dataset, [(i,) for i in range(num)], [1] * num, batch_size, split == "train")

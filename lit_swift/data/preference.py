@@ -14,15 +14,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lit_swift import models
 from lit_swift.data import collate, sources
-from lit_swift.data.datamodule import check_trainer, num_targets
-from lit_swift.data.plan import EpochPlanSampler, MicroBatch
+from lit_swift.data.datamodule import num_targets
+from lit_swift.data.plan import MicroBatch, PlannedDataModule
 from lit_swift.data.template import ChatEncoder, truncate
 from lit_swift.types import IGNORE_INDEX, EncodedSample, KTORow, PreferenceRow
 
@@ -95,7 +93,7 @@ class PlannedItems(Dataset):
         return batch
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(PlannedDataModule):
     """Preference pairs (prompt, chosen, rejected) for DPO-family objectives and reward models.
 
     Args:
@@ -141,41 +139,26 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
     ):
-        super().__init__()
-        self.tokenizer_spec = tokenizer
-        self.dataset = [dataset] if isinstance(dataset, str) else list(dataset)
-        self.val_dataset = [val_dataset] if isinstance(val_dataset, str) else val_dataset
-        self.val_split, self.columns, self.margin_column = val_split, columns, margin_column
-        self.template, self.system = template, system
+        super().__init__(
+            tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
+            num_workers, on_bad_row,
+        )  # fmt: skip
+        self.template, self.system, self.margin_column = template, system, margin_column
         self.max_length, self.truncation, self.packing = max_length, truncation, packing
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
         self.train_items: list | None = None
         self.val_items: list = []
-        self._resume: tuple[int, int] | None = None
 
     # ----- stages -----
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_items is not None:
-            return
-        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
+    def _prepare(self, train: list[tuple[Any, str, float]], val: list[tuple[Any, str, float]]) -> None:
         self.encoder = ChatEncoder(self.tokenizer, system=self.system, template=self.template)
-        train = self._read(self.dataset)
-        if self.val_dataset:
-            val = self._read(self.val_dataset)
-        else:
-            train, val = sources.split_validation(train, self.val_split, self.seed)
         self.train_items = self._encode(train, "train")
         self.val_items = self._encode(val, "validation")
         if not self.train_items:
             raise ValueError(f"{self.dataset}: no training rows left after encoding (see the log above)")
 
     def _read(self, paths: list[str]) -> list[tuple[Any, str, float]]:
-        specs = [sources.DatasetSpec(p, columns=self.columns) for p in paths]
-        rows, report = sources.load_mixture(specs, self.kind, on_bad_row=self.on_bad_row, seed=self.seed)
-        if report.num_skipped:
-            rank_zero_info(report.summary())
-        margins = self._margins(specs) if self.margin_column else {}
+        rows = super()._read(paths)
+        margins = self._margins(self._specs(paths)) if self.margin_column else {}
         return [(row, str(where), margins.get(str(where), 0.0)) for row, where in rows]
 
     def _margins(self, specs: list[sources.DatasetSpec]) -> dict[str, float]:
@@ -221,34 +204,13 @@ class PreferenceDataModule(L.LightningDataModule):
 
     # ----- loaders -----
     def _loader(self, items: list, batch_size: int, train: bool, id_offset: int) -> DataLoader:
-        trainer = self.trainer
-        if trainer is not None:
-            check_trainer(trainer)
-        sampler = EpochPlanSampler(
-            [(i,) for i in range(len(items))],
-            [1] * len(items),  # so a micro-batch's step_target_tokens counts the rows in its step
-            batch_size,
-            shuffle=self.shuffle and train,
-            seed=self.seed,
-            accumulate=trainer.accumulate_grad_batches if (trainer and train) else 1,
-            world_size=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-        )
-        if train and self._resume is not None:
-            sampler.resume_at(*self._resume)
         dataset = PlannedItems(
             items, self.collate_fn, self.tokenizer.pad_token_id, self.packing, self.max_length, id_offset
         )
-        # Our own generator keeps torch's global RNG (dropout) untouched by iterator creation (exact resume).
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_identity,
-            generator=generator,
-        )
+        # one unit per row with one "target" each, so a micro-batch's step_target_tokens counts the rows
+        # in its optimizer step
+        units, targets = [(i,) for i in range(len(items))], [1] * len(items)
+        return self._planned_loader(dataset, units, targets, batch_size, train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_items, self.batch_size, train=True, id_offset=0)
@@ -267,17 +229,6 @@ class PreferenceDataModule(L.LightningDataModule):
     def num_row_ids(self) -> int:
         """Row ids run over train then validation rows: `0 .. num_row_ids - 1`."""
         return len(self.train_items) + len(self.val_items)
-
-    # ----- exact resume -----
-    def state_dict(self) -> dict[str, Any]:
-        loop = self.trainer.fit_loop
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": loop.epoch_loop.batch_progress.current.processed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = (state["epoch"], state["batches_done"])
 
 
 class KTODataModule(PreferenceDataModule):
@@ -304,7 +255,3 @@ class KTODataModule(PreferenceDataModule):
             return None
         prompt_length = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)
         return KTOItem(sample, prompt_length, row.label)
-
-
-def _identity(batch: Any) -> Any:
-    return batch

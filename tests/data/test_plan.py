@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lit_swift.data.datamodule import check_trainer
-from lit_swift.data.plan import EpochPlanSampler
+from lit_swift.data.plan import EpochPlanSampler, check_trainer
 
 ROWS = [(i,) for i in range(10)]
 TARGETS = [i + 1 for i in range(10)]  # sample i has i+1 target tokens
