@@ -119,6 +119,15 @@ class Embedding(CausalLMObjective):
     auto_class = "AutoModel"
     task_type = "FEATURE_EXTRACTION"
 
+    def configure_model(self) -> None:
+        super().configure_model()
+        # BERT-style AutoModels carry a pooler that `embed` never runs through to the loss (it pools
+        # `last_hidden_state`): trainable yet gradient-free, it stops DDP's reducer at step 2
+        # (find_unused_parameters is off). It never updated anyway, so freeze it.
+        pooler = getattr(tuners.base_model(self.model), "pooler", None)
+        if isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
+
     def embed(self, batch: dict[str, Any], prefix: str) -> Tensor:
         """Pooled embeddings of the `prefix_*` tokens of a batch. # [B, H]"""
         inputs = {k[len(prefix) + 1 :]: v for k, v in batch.items() if k.startswith(prefix + "_")}
