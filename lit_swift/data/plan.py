@@ -11,6 +11,7 @@ through this plan, and keeps the resume state.
 
 from __future__ import annotations
 
+import abc
 import random
 import warnings
 from collections.abc import Iterator
@@ -105,7 +106,7 @@ class EpochPlanSampler(Sampler[MicroBatch]):
         return len(self.plan(self.epoch))
 
 
-class PlannedDataModule(L.LightningDataModule):
+class PlannedDataModule(L.LightningDataModule, abc.ABC):
     """What every lit-swift DataModule shares: reading and splitting rows, planned loaders, resume state.
 
     A subclass names its canonical row `kind` (see `sources.load_mixture`), turns the training and
@@ -155,9 +156,9 @@ class PlannedDataModule(L.LightningDataModule):
         self._prepare(train, val)
         self._ready = True
 
+    @abc.abstractmethod
     def _prepare(self, train: list, val: list) -> None:
         """Turn the training and validation rows (as `_read` returns them) into the served items."""
-        raise NotImplementedError
 
     def _specs(self, paths: list[str]) -> list[sources.DatasetSpec]:
         return [sources.DatasetSpec(p, columns=self.columns) for p in paths]

@@ -6,6 +6,7 @@ per query, the index of its positive among the documents; reranker losses take `
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-class EmbeddingLoss:
+class EmbeddingLoss(abc.ABC):
     """Base class: `loss(query, docs, targets, scores)` returns the scalar loss and detached metrics.
 
     `query` is `[B, D]`, `docs` is `[N, D]` (positives first, then any hard negatives, possibly
@@ -21,10 +22,10 @@ class EmbeddingLoss:
     `scores` is an optional `[B]` gold similarity for scored pairs.
     """
 
+    @abc.abstractmethod
     def __call__(
         self, query: Tensor, docs: Tensor, targets: Tensor, scores: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 class InfoNCE(EmbeddingLoss):
@@ -109,11 +110,11 @@ class Matryoshka(EmbeddingLoss):
         return total / sum(self.weights), metrics
 
 
-class RerankLoss:
+class RerankLoss(abc.ABC):
     """Base class: `loss(scores, labels)` on `[B, G]` groups of (query, document) logits and labels."""
 
-    def __call__(self, scores: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, scores: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 class PointwiseBCE(RerankLoss):

@@ -5,6 +5,7 @@ An objective computes `PairLogps` once per batch and injects one `PreferenceLoss
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class PairLogps:
     ref_rejected: Tensor | None = None
 
 
-class PreferenceLoss:
+class PreferenceLoss(abc.ABC):
     """Base class: `loss(logps)` returns the batch-mean scalar loss and detached metrics.
 
     Every loss reports `rewards/chosen|rejected|margin|accuracy`, where a reward is `beta` times the
@@ -47,8 +48,8 @@ class PreferenceLoss:
 
     needs_reference: bool = True
 
-    def __call__(self, logps: PairLogps) -> tuple[Tensor, dict[str, Tensor]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, logps: PairLogps) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 def _log_ratios(logps: PairLogps) -> tuple[Tensor, Tensor]:
