@@ -54,7 +54,6 @@ def trainer_defaults() -> dict:
 def run_trainer(args: list[str] | None, run: bool = True) -> LitSwiftCLI:
     import lightning as L
 
-    from lit_swift.data.datamodule import SFTDataModule  # noqa: F401  (documents the default family)
     from lit_swift.objectives.base import CausalLMObjective
 
     return LitSwiftCLI(
