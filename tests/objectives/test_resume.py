@@ -156,7 +156,6 @@ def losses_by_step(root: Path) -> dict[int, float]:
     return losses
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_last_reproduces_the_loss_curve(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
