@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,19 +161,27 @@ class CausalLMObjective(L.LightningModule):
         The write goes to a temporary sibling first and is renamed into place, so a crash leaves the
         previous folder intact.
         """
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(tmp))
-        if config_file is not None and Path(config_file).exists():
-            shutil.copy(config_file, tmp / "lit_swift_config.yaml")
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-        return folder
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+
+        return write_folder(folder, write, config_file)
+
+
+def write_folder(folder: str | Path, write: Callable[[Path], None], config_file: str | Path | None) -> Path:
+    """Write a folder through a temporary sibling and rename it into place (a crash keeps the old one)."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if config_file is not None and Path(config_file).exists():
+        shutil.copy(config_file, tmp / "lit_swift_config.yaml")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +19,7 @@ from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, Retriev
 
 from lit_swift import models, tuners
 from lit_swift.losses.embedding import EmbeddingLoss, InfoNCE
-from lit_swift.objectives.base import CausalLMObjective
+from lit_swift.objectives.base import CausalLMObjective, write_folder
 from lit_swift.optim import Schedule
 
 Pooling = Literal["mean", "cls", "last"]
@@ -39,21 +37,6 @@ def pool(hidden: Tensor, mask: Tensor, pooling: Pooling) -> Tensor:
     positions = torch.arange(mask.shape[1], device=mask.device, dtype=mask.dtype)  # [T]
     index = mask.argmax(-1) if pooling == "cls" else (mask * positions).argmax(-1)  # [B]
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # [B, H]
-
-
-def write_folder(folder: str | Path, write: Callable[[Path], None], config_file: str | Path | None) -> Path:
-    """Write a folder through a temporary sibling and rename it into place (a crash keeps the old one)."""
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if config_file is not None and Path(config_file).exists():
-        shutil.copy(config_file, tmp / "lit_swift_config.yaml")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def merged_copy(model: torch.nn.Module, tuner: tuners.Tuner) -> torch.nn.Module:

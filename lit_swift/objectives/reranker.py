@@ -15,8 +15,8 @@ from torch import Tensor
 
 from lit_swift import models, tuners
 from lit_swift.losses.embedding import ListwiseSoftmax, RerankLoss
-from lit_swift.objectives.base import CausalLMObjective
-from lit_swift.objectives.embedding import merged_copy, retrieval_metrics, write_folder
+from lit_swift.objectives.base import CausalLMObjective, write_folder
+from lit_swift.objectives.embedding import merged_copy, retrieval_metrics
 from lit_swift.optim import Schedule
 
 
