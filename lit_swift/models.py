@@ -18,8 +18,11 @@ from typing import Any, Literal
 
 import torch
 
+from lit_swift import attention
+
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
-AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
+AttnImplementation = Literal["sdpa_varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"]
+"""`sdpa_varlen` (`lit_swift.attention`) is `sdpa` that attends per packed sample (sum of len^2, not T^2)."""
 READY_MARKER = "lit_swift_model.json"
 
 
@@ -260,6 +263,8 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     check_attn_implementation(attn_implementation)
+    if attn_implementation == attention.NAME:
+        attention.register()
     cls = model_class or AutoModelForCausalLM
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = cls.from_pretrained(

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lit_swift import kernels, models, tuners
@@ -33,7 +33,9 @@ class CausalLMObjective(L.LightningModule):
         optimizer: optimizer class and its arguments, e.g. `torch.optim.AdamW` with `lr`.
         scheduler: learning-rate schedule over the run's optimizer steps.
         dtype: weight dtype; keep `float32` with trainer `precision: bf16-mixed` for bf16 compute.
-        attn_implementation: `sdpa` (default), `eager`, `flash_attention_2` (CUDA + flash-attn).
+        attn_implementation: `sdpa_varlen` (default: `sdpa`, but each packed sample attends only within
+            itself, costing the sum of len^2 instead of row_len^2), `sdpa`, `eager`,
+            `flash_attention_2` (CUDA + flash-attn).
         gradient_checkpointing: recompute activations in backward to save memory.
         config_overrides: model config fields to override, e.g. `{num_hidden_layers: 2}`.
         chunk_size: rows of LM-head logits computed at once.
@@ -48,7 +50,7 @@ class CausalLMObjective(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: Schedule | None = None,
         dtype: models.Dtype = "float32",
-        attn_implementation: models.AttnImplementation = "sdpa",
+        attn_implementation: models.AttnImplementation = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         config_overrides: dict[str, Any] | None = None,
         chunk_size: int = 2048,
@@ -141,29 +143,49 @@ class CausalLMObjective(L.LightningModule):
 
     # ----- checkpoints -----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Strategies save clean names (FSDP strips its wrapper prefixes), while `named_parameters` of a
+        # wrapped model still carries them: compare both sides cleaned.
+        trainable = {clean_name(n) for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable
+        }
         checkpoint["rng"] = rng_state()
+        checkpoint["layout"] = batch_layout(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied at the next training batch, not now: between loading and that batch Lightning still
         # builds dataloaders and runs hooks, while an uninterrupted run goes straight from save to batch.
         self._pending_rng = checkpoint.get("rng")
+        if "layout" in checkpoint:
+            check_layout(checkpoint["layout"], batch_layout(self.trainer))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if getattr(self, "_pending_rng", None) is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
 
-    def save_hf(self, folder: str | Path, config_file: str | Path | None = None) -> Path:
+    def save_hf(
+        self,
+        folder: str | Path,
+        config_file: str | Path | None = None,
+        state_dict: dict[str, Tensor] | None = None,
+    ) -> Path:
         """Write an HF-format folder: PEFT adapter (LoRA) or full safetensors weights, plus tokenizer.
 
         The write goes to a temporary sibling first and is renamed into place, so a crash leaves the
         previous folder intact.
+
+        Args:
+            folder: the folder to write.
+            config_file: the run's resolved config, copied in as `lit_swift_config.yaml`.
+            state_dict: whole weights keyed as in `self.state_dict()` (`model.` + the model's names),
+                gathered by the strategy when the ranks hold shards (FSDP, ZeRO-3); an adapter run may
+                pass only the trainable entries. None reads `self.model` (unsharded training).
         """
+        weights = None if state_dict is None else submodule_state(state_dict, "model")
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(str(tmp))
 
         return write_folder(folder, write, config_file)
@@ -182,6 +204,61 @@ def write_folder(folder: str | Path, write: Callable[[Path], None], config_file:
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+"""Name parts that FSDP1 units, activation-checkpoint wrappers and `torch.compile` add to a module's
+parameter names (FSDP2 adds none); state dicts written by the strategies leave them out."""
+
+
+def clean_name(name: str) -> str:
+    """A parameter or state-dict name without wrapper prefixes: the name of the unwrapped model."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def submodule_state(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of `state_dict` under `prefix.`, keyed relative to that submodule."""
+    start = prefix + "."
+    return {k[len(start) :]: v for k, v in state_dict.items() if k.startswith(start)}
+
+
+def batch_layout(trainer: L.Trainer) -> dict[str, int]:
+    """How a run cuts its optimizer steps: rows per micro-batch, micro-batches per step, processes."""
+    return {
+        "batch_size": int(getattr(trainer.datamodule, "batch_size", 0) or 0),
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "world_size": trainer.world_size,
+    }
+
+
+def check_layout(saved: dict[str, int], now: dict[str, int]) -> None:
+    """Warn when a resume cannot continue the saved run exactly.
+
+    The DataModule's resume position is a per-rank count of micro-batches (`batches_done`), replayed on
+    the new layout's plan: it lands on the rows the saved run had consumed only when rows per
+    accumulation slot (`batch_size x world_size`) and micro-batches per step are unchanged, which also
+    keeps the global batch, the loss normalisation and the schedule's length.
+    """
+
+    def describe(layout: dict[str, int]) -> str:
+        rows = layout["batch_size"] * layout["world_size"] * layout["accumulate_grad_batches"]
+        return (
+            f"batch_size {layout['batch_size']} x accumulate_grad_batches "
+            f"{layout['accumulate_grad_batches']} x {layout['world_size']} process(es) = {rows} rows per step"
+        )
+
+    slots = [(d["batch_size"] * d["world_size"], d["accumulate_grad_batches"]) for d in (saved, now)]
+    if slots[0] != slots[1]:
+        rank_zero_warn(
+            f"Resuming a run saved with {describe(saved)} on {describe(now)}: not an exact resume. "
+            "The position inside an interrupted epoch is a per-process count of micro-batches, so a "
+            "mid-epoch checkpoint continues from other rows than the saved run had reached (some are "
+            "skipped or repeated), and the optimizer steps (global batch, schedule length) change. Keep "
+            "batch_size x devices x num_nodes and accumulate_grad_batches as saved to resume exactly "
+            "(e.g. 2 processes x batch_size 2 -> 1 process x batch_size 4)."
+        )
 
 
 def rng_state() -> dict[str, Any]:
