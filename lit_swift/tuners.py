@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -78,6 +79,11 @@ class LoRA(Tuner):
         modules_to_save: modules trained in full and saved with the adapter (e.g. `["lm_head"]`).
         lora_plus_ratio: LoRA+ (Hayou et al. 2024): the B matrices' learning rate is this many times the
             optimizer's; None keeps one learning rate.
+        shared_dropout: draw one dropout mask per distinct adapter input rather than one per adapter:
+            q/k/v share the attention input and gate/up the MLP input, so a layer draws 4 masks, not 7
+            (as a model with fused qkv/gate_up projections would). Each adapter still sees its input
+            dropped with probability `dropout`; only the masks of siblings coincide. Random masks are
+            a large part of a CPU LoRA step; False draws one per adapter, as peft does.
     """
 
     def __init__(
@@ -90,8 +96,9 @@ class LoRA(Tuner):
         use_rslora: bool = False,
         modules_to_save: list[str] | None = None,
         lora_plus_ratio: float | None = None,
+        shared_dropout: bool = True,
     ):
-        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.r, self.alpha, self.dropout, self.shared_dropout = r, alpha, dropout, shared_dropout
         self.target_modules, self.modules_to_save = target_modules, modules_to_save
         self.use_dora, self.use_rslora, self.lora_plus_ratio = use_dora, use_rslora, lora_plus_ratio
 
@@ -117,7 +124,10 @@ class LoRA(Tuner):
     def apply(self, model: nn.Module, task_type: TaskType = "CAUSAL_LM") -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(task_type))
+        model = get_peft_model(model, self.peft_config(task_type))
+        if self.dropout > 0:
+            use_input_dropout(model, shared=self.shared_dropout)
+        return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         if self.lora_plus_ratio is None:
@@ -152,6 +162,62 @@ class QLoRA(LoRA):
 
         prepared = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return super().apply(prepared, task_type)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """`x * mask` where `mask` is 0 or 1/(1-p); the float mask is built in place from one `rand_like`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        mask = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1/(1-p)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+class InputDropout(nn.Module):
+    """Inverted dropout for a LoRA adapter's input: fewer kernels than `nn.Dropout` on CPU.
+
+    With `shared`, consecutive calls on the very same input tensor (q/k/v, or gate/up, in one forward)
+    return the same dropped tensor: one mask per distinct input. The cache holds one entry and checks
+    tensor identity through a weak reference, so a new forward (or a gradient-checkpointing recompute,
+    whose RNG state torch restores) always draws afresh.
+    """
+
+    _last: tuple = (None, None, None)  # (weakref to input, p, output), shared by all instances
+
+    def __init__(self, p: float, shared: bool = True):
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        ref, p, out = InputDropout._last
+        if self.shared and ref is not None and ref() is x and p == self.p:
+            return out
+        out = _MaskedScale.apply(x, self.p)
+        if self.shared:
+            InputDropout._last = (weakref.ref(x), self.p, out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared={self.shared}"
+
+
+def use_input_dropout(model: nn.Module, shared: bool = True) -> int:
+    """Swap peft's `nn.Dropout` on every LoRA adapter input for `InputDropout`; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        for name, drop in getattr(module, "lora_dropout", {}).items():
+            if isinstance(drop, nn.Dropout):
+                module.lora_dropout[name] = InputDropout(drop.p, shared)
+                swapped += 1
+    return swapped
 
 
 def is_peft(model: nn.Module) -> bool:

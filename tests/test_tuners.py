@@ -136,3 +136,66 @@ def test_parameter_counts_logged_when_the_model_is_built(tiny_dir, caplog):
     trainable, total = tuners.count_parameters(module.model)
     assert 0 < trainable < total
     assert f"trainable parameters: {trainable:,} of {total:,}" in caplog.text
+
+
+def test_input_dropout_statistics_and_gradient():
+    drop = tuners.InputDropout(0.25, shared=False).train()
+    x = torch.ones(200, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(x * mask)/dx = mask
+    assert drop.eval()(x) is x
+
+
+def _adapter_inputs(tuner: tuners.LoRA) -> dict[str, torch.Tensor]:
+    """The dropped input each LoRA A matrix of layer 0 sees in one training forward."""
+    model = tuner.apply(tiny_llama()).train()
+    seen = {}
+
+    def keep(name: str):
+        def hook(module, args, output) -> None:
+            seen.setdefault(name, args[0])
+
+        return hook
+
+    layer = model.base_model.model.model.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        proj = getattr(layer.self_attn, name, None) or getattr(layer.mlp, name)
+        proj.lora_A["default"].register_forward_hook(keep(name))
+    model(input_ids=torch.randint(0, VOCAB, (2, 12)))
+    return seen
+
+
+def test_shared_dropout_draws_one_mask_per_input():
+    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5))
+    assert seen["q_proj"] is seen["k_proj"] is seen["v_proj"]
+    assert seen["gate_proj"] is seen["up_proj"]
+    zeros = {name: (x == 0) for name, x in seen.items()}
+    assert 0.3 < zeros["q_proj"].float().mean() < 0.7
+    assert not torch.equal(zeros["q_proj"], zeros["gate_proj"])  # same shape, another input: new mask
+
+
+def test_unshared_dropout_draws_one_mask_per_adapter():
+    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5, shared_dropout=False))
+    assert not torch.equal(seen["q_proj"] == 0, seen["k_proj"] == 0)
+
+
+def test_shared_dropout_survives_gradient_checkpointing():
+    """Checkpointing recomputes the forward with the RNG state restored: the same masks, the same grads."""
+    grads = []
+    for checkpointing in (False, True):
+        model = tuners.LoRA(r=4, dropout=0.3).apply(tiny_llama()).train()
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.1)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(1)
+        ids = torch.randint(0, VOCAB, (2, 12))
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad)
