@@ -165,18 +165,20 @@ class QLoRA(LoRA):
 
 
 class _MaskedScale(torch.autograd.Function):
-    """`x * mask` where `mask` is 0 or 1/(1-p); the float mask is built in place from one `rand_like`."""
+    """`x * mask` with `mask` 0 or 1/(1-p), from one `rand_like`; backward keeps only a bool mask."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1/(1-p)
-        ctx.save_for_backward(mask)
+        scale = 1.0 / (1.0 - p)
+        mask = torch.rand_like(x).ge_(p).mul_(scale)  # 0 or 1/(1-p), in place
+        ctx.save_for_backward(mask.bool())  # 1 byte per element instead of 4
+        ctx.scale = scale
         return x * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
 
 
 class InputDropout(nn.Module):
