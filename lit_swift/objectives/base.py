@@ -6,9 +6,10 @@ about a particular loss.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,9 @@ class CausalLMObjective(L.LightningModule):
         weights = None if state_dict is None else submodule_state(state_dict, "model")
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+            # PEFT picks the adapter entries by the model's module names, which must match the clean keys
+            with unwrapped(self.model):
+                self.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(str(tmp))
 
         return write_folder(folder, write, config_file)
@@ -216,6 +219,32 @@ def clean_name(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
+
+
+@contextlib.contextmanager
+def unwrapped(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, every wrapped module of `model` sits where its wrapper was (names are clean).
+
+    Only the module tree changes, no weights: FSDP1 units, activation-checkpoint wrappers and compiled
+    modules are put back on exit.
+    """
+    attrs = [prefix.rstrip(".") for prefix in WRAPPER_PREFIXES]
+    swaps = []
+    for parent in list(model.modules()):
+        if any(a in parent._modules for a in attrs):
+            continue  # a wrapper's own link to its module stays
+        for name, child in list(parent._modules.items()):
+            inner = child
+            while inner is not None and (attr := next((a for a in attrs if a in inner._modules), None)):
+                inner = inner._modules[attr]
+            if inner is not child:
+                parent._modules[name] = inner
+                swaps.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swaps):
+            parent._modules[name] = child
 
 
 def submodule_state(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
