@@ -271,23 +271,27 @@ def check_layout(saved: dict[str, int], now: dict[str, int]) -> None:
     keeps the global batch, the loss normalisation and the schedule's length.
     """
 
+    def rows(layout: dict[str, int]) -> int:
+        return layout["batch_size"] * layout["world_size"] * layout["accumulate_grad_batches"]
+
     def describe(layout: dict[str, int]) -> str:
-        rows = layout["batch_size"] * layout["world_size"] * layout["accumulate_grad_batches"]
         return (
             f"batch_size {layout['batch_size']} x accumulate_grad_batches "
-            f"{layout['accumulate_grad_batches']} x {layout['world_size']} process(es) = {rows} rows per step"
+            f"{layout['accumulate_grad_batches']} x {layout['world_size']} process(es) = {rows(layout)} rows per step"
         )
 
     slots = [(d["batch_size"] * d["world_size"], d["accumulate_grad_batches"]) for d in (saved, now)]
-    if slots[0] != slots[1]:
-        rank_zero_warn(
-            f"Resuming a run saved with {describe(saved)} on {describe(now)}: not an exact resume. "
-            "The position inside an interrupted epoch is a per-process count of micro-batches, so a "
-            "mid-epoch checkpoint continues from other rows than the saved run had reached (some are "
-            "skipped or repeated), and the optimizer steps (global batch, schedule length) change. Keep "
-            "batch_size x devices x num_nodes and accumulate_grad_batches as saved to resume exactly "
-            "(e.g. 2 processes x batch_size 2 -> 1 process x batch_size 4)."
-        )
+    if slots[0] == slots[1]:
+        return
+    steps = "; the global batch changes too, and with it the optimizer steps and the schedule's length"
+    rank_zero_warn(
+        f"Resuming a run saved with {describe(saved)} on {describe(now)}: not an exact resume. The "
+        "position inside an interrupted epoch is a per-process count of micro-batches, so a mid-epoch "
+        "checkpoint continues from other rows than the saved run had reached (some are skipped or "
+        f"repeated){steps if rows(saved) != rows(now) else ''}. Keep batch_size x devices x num_nodes and "
+        "accumulate_grad_batches as saved to resume exactly (e.g. 2 processes x batch_size 2 -> 1 process "
+        "x batch_size 4)."
+    )
 
 
 def rng_state() -> dict[str, Any]:
