@@ -3,17 +3,20 @@
 `x.ckpt` (Lightning, for exact resume) gets a sibling `x.hf/`: a PEFT adapter folder for LoRA runs
 or a safetensors model folder for full fine-tuning, with tokenizer files and the run's resolved
 config. Both are written to temporary names and renamed, so a kill mid-save keeps the previous
-checkpoint intact.
+checkpoint intact. Under sharding strategies (FSDP, DeepSpeed ZeRO-3) every rank first takes part in
+gathering the weights (`lit_swift.strategies.gather`), then rank 0 writes the folder from them.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lit_swift.strategies.gather import gather_state_dict, shards_weights
 
 
 def hf_folder(ckpt_path: str | Path) -> Path:
@@ -38,14 +41,28 @@ class HFCheckpoint(ModelCheckpoint):
         self.save_hf = save_hf
         self._dirpath_given = kwargs.get("dirpath") is not None
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self._writes_hf(pl_module):
+            check_can_save_hf(trainer.strategy, pl_module)  # fail before training, not at the first save
+
+    def _writes_hf(self, pl_module) -> bool:
+        return self.save_hf and hasattr(pl_module, "save_hf")
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         tmp = filepath + ".tmp"
         super()._save_checkpoint(trainer, tmp)
         config = Path(trainer.log_dir or "") / "config.yaml"  # a collective under DDP: every rank asks
+        module = trainer.lightning_module
+        state = None
+        if self._writes_hf(module):
+            adapter = getattr(getattr(module, "tuner", None), "is_adapter", False)
+            state = gather_state_dict(trainer.strategy, trainable_only=adapter)  # a collective when sharded
         if trainer.is_global_zero:
-            if self.save_hf and hasattr(trainer.lightning_module, "save_hf"):
-                trainer.lightning_module.save_hf(hf_folder(filepath), config)
-            os.replace(tmp, filepath)
+            if self._writes_hf(module):
+                extra = {} if state is None else {"state_dict": state}
+                module.save_hf(hf_folder(filepath), config, **extra)
+            replace(tmp, filepath)
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath
 
@@ -79,3 +96,38 @@ class HFCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             shutil.rmtree(hf_folder(filepath), ignore_errors=True)
+
+
+def check_can_save_hf(strategy, pl_module) -> None:
+    """Whether `pl_module.save_hf` can write its folder under `strategy`.
+
+    Raises:
+        ValueError: the strategy shards the weights and `save_hf` cannot write from gathered weights
+            (it has no `state_dict` argument).
+    """
+    if shards_weights(strategy) and "state_dict" not in inspect.signature(pl_module.save_hf).parameters:
+        raise ValueError(
+            f"{type(pl_module).__name__}.save_hf cannot write from gathered weights, which "
+            f"{type(strategy).__name__} needs (each rank holds only a shard). Set `save_hf: false` on the "
+            "checkpoint callback (the .ckpt is still saved) or train with DDP."
+        )
+
+
+def replace(src: str, dst: str) -> None:
+    """Move `src` to `dst`, replacing it; a folder (DeepSpeed, FSDP `sharded`) replaces an old folder too."""
+    if not os.path.isdir(src):
+        os.replace(src, dst)
+        return
+    old = dst + ".old"
+    _remove(old)
+    if os.path.lexists(dst):
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _remove(old)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)

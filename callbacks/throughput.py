@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 IGNORE_INDEX = -100
@@ -29,19 +30,30 @@ PEAK_BF16_FLOPS = {
 }
 
 
+def token_groups(batch: dict[str, Any]) -> list[str]:
+    """Prefixes of a batch's token tensors: `""` for `input_ids`, `query_` and `doc_` for embedding pairs."""
+    return [k.removesuffix("input_ids") for k in batch if k.endswith("input_ids")]
+
+
 def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
-    """Real tokens, target tokens, samples and padded positions of one micro-batch."""
-    ids = batch["input_ids"]  # [B, T]
-    if "segment_ids" in batch:
-        tokens = int((batch["segment_ids"] >= 0).sum())
-    elif "attention_mask" in batch:
-        tokens = int(batch["attention_mask"].sum())
-    else:
-        tokens = ids.numel()
-    labels = batch.get("targets", batch.get("labels"))
-    targets = int((labels != IGNORE_INDEX).sum()) if labels is not None else tokens
-    samples = int(batch["num_samples"]) if "num_samples" in batch else ids.shape[0]
-    return {"tokens": tokens, "targets": targets, "samples": samples, "positions": ids.numel()}
+    """Real tokens, target tokens, samples and padded positions of one micro-batch (all token groups)."""
+    groups = token_groups(batch)
+    tokens = positions = 0
+    for group in groups:
+        ids = batch[group + "input_ids"]  # [B, T]
+        positions += ids.numel()
+        if group + "segment_ids" in batch:
+            tokens += int((batch[group + "segment_ids"] >= 0).sum())
+        elif group + "attention_mask" in batch:
+            tokens += int(batch[group + "attention_mask"].sum())
+        else:
+            tokens += ids.numel()
+    first = batch[groups[0] + "input_ids"]  # [B, T]
+    labels = batch.get("targets", batch.get("labels"))  # per-token labels; a reranker's [B, G] scores are not
+    per_token = labels is not None and labels.shape == first.shape
+    targets = int((labels != IGNORE_INDEX).sum()) if per_token else tokens
+    samples = int(batch["num_samples"]) if "num_samples" in batch else first.shape[0]
+    return {"tokens": tokens, "targets": targets, "samples": samples, "positions": positions}
 
 
 def flops_per_token(num_params: int, num_trainable: int, num_layers: int, hidden: int, seq_len: int) -> float:
@@ -134,9 +146,11 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.dims = model_dims(pl_module)
-        if self.dims and trainer.world_size > 1 and "FSDP" in type(trainer.strategy).__name__:
+        if self.dims and trainer.world_size > 1 and isinstance(trainer.strategy, FSDPStrategy):
+            # FSDP1 parameters are views of this rank's shard: sum them (FSDP2's DTensors and ZeRO-3's
+            # `ds_numel` report whole sizes already)
             sizes = trainer.strategy.reduce(torch.tensor(self.dims[:2], dtype=torch.float64), reduce_op="sum")
-            self.dims = (int(sizes[0]), int(sizes[1]), *self.dims[2:])  # local shards summed
+            self.dims = (int(sizes[0]), int(sizes[1]), *self.dims[2:])
         if self.peak_flops is None:
             self.peak_flops = device_peak_flops(pl_module.device)
         if self.dims:
@@ -149,7 +163,7 @@ class Throughput(L.Callback):
         if self._last_time is None:
             self._last_time = self.clock()
         counts = batch_counts(batch)
-        seq_len = batch["input_ids"].shape[-1]
+        seq_len = max(batch[g + "input_ids"].shape[-1] for g in token_groups(batch))
         counts["flops"] = counts["tokens"] * flops_per_token(*self.dims, seq_len) if self.dims else 0.0
         for key, value in counts.items():
             self._pending[key] += value

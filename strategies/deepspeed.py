@@ -1,7 +1,8 @@
 """DeepSpeed ZeRO-2/3 presets with optional CPU offload; the only lit-swift module that needs `deepspeed`.
 
 `zero_config(...)` builds the DeepSpeed config dict (pure, testable without deepspeed); `DeepSpeedZeRO`
-hands it to Lightning's `DeepSpeedStrategy`. Install with `pip install 'lit-swift[deepspeed]'`.
+hands it to Lightning's `DeepSpeedStrategy`; `zero3_state_dict` gathers partitioned weights for saving.
+Install with `pip install 'lit-swift[deepspeed]'`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from torch import Tensor, nn
 
 INSTALL_HINT = "DeepSpeed is not installed: `pip install 'lit-swift[deepspeed]'` (needs CUDA and a compiler)."
 
@@ -31,7 +34,8 @@ def zero_config(
 
     Precision (`bf16`/`fp16`), `gradient_accumulation_steps` and `gradient_clipping` are left out:
     Lightning fills them in from the trainer (`precision`, `accumulate_grad_batches`,
-    `gradient_clip_val`), so the YAML stays the single source.
+    `gradient_clip_val`), so the YAML stays the single source. (The engine's own division of the loss
+    by `gradient_accumulation_steps` is switched off by `DeepSpeedZeRO.backward`, not here.)
 
     Raises:
         ValueError: for a stage other than 2 or 3, or parameter offload below stage 3.
@@ -70,7 +74,13 @@ def zero_config(
 
 
 class DeepSpeedZeRO(DeepSpeedStrategy):
-    """Lightning's `DeepSpeedStrategy` configured by `zero_config`.
+    """Lightning's `DeepSpeedStrategy` configured by `zero_config`, with the loss scaled once.
+
+    Lightning's loop divides every micro-batch loss by `accumulate_grad_batches` (lit-swift objectives
+    build on that to get a token-weighted mean over the whole optimizer step), and DeepSpeed's
+    `engine.backward` divides by `gradient_accumulation_steps` (the same number) again. `backward` here
+    turns the engine's division off, so the gradients equal those of DDP/FSDP with the same YAML. Plain
+    `strategy: deepspeed_stage_*` strings get Lightning's class and keep the double division.
 
     Args:
         stage: 2 shards optimizer state and gradients; 3 also shards the parameters.
@@ -108,3 +118,38 @@ class DeepSpeedZeRO(DeepSpeedStrategy):
         super().__init__(
             config={**config, **(config_overrides or {})}, process_group_backend=process_group_backend
         )
+
+    def backward(self, closure_loss: Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """Backward through the engine without its `1 / gradient_accumulation_steps` (Lightning applied it)."""
+        return super().backward(closure_loss, optimizer, *args, scale_wrt_gas=False, **kwargs)
+
+
+def zero3_state_dict(module: nn.Module, trainable_only: bool) -> dict[str, Tensor]:
+    """The whole weights of a ZeRO-3-partitioned `module`, keyed as in `module.state_dict()`.
+
+    A collective: every rank must call it. Parameters are all-gathered one at a time (peak memory: one
+    whole parameter), copied to rank 0's CPU memory, and partitioned again; buffers are never
+    partitioned and are copied as they are. Tied weights appear under each of their names.
+
+    Args:
+        module: the model inside the engine (the LightningModule).
+        trainable_only: gather only parameters with `requires_grad` (the adapters of a LoRA run).
+
+    Returns:
+        The CPU tensors on rank 0; an empty dict on the other ranks.
+    """
+    import deepspeed
+
+    rank0 = torch.distributed.get_rank() == 0
+    state: dict[str, Tensor] = {}
+    copies: dict[int, Tensor] = {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        if trainable_only and not value.requires_grad:
+            continue
+        if id(value) not in copies:
+            # a no-op for tensors DeepSpeed did not partition (buffers, ZeRO-2)
+            with deepspeed.zero.GatheredParameters([value], modifier_rank=None):
+                copies[id(value)] = value.detach().to("cpu", copy=True) if rank0 else value
+        if rank0:
+            state[name] = copies[id(value)]
+    return state

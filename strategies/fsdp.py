@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Literal
 
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import nn
+from torch import Tensor, nn
 
 ShardingStrategy = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2", "NO_SHARD"]
 
@@ -62,11 +62,13 @@ class FSDP(FSDPStrategy):
     base weights and trained LoRA weights can then share a unit, and the optimizer sees the original
     parameters.
 
-    Checkpoints: `state_dict_type: full` gathers the whole model to rank 0's CPU memory at each save and
-    the objective keeps only the trained weights (LoRA adapters whole, nothing of the base); FSDP cannot
-    gather the adapters alone because they share flat parameters with frozen weights. `sharded` writes a
-    folder of per-rank shards instead (fast for full fine-tuning of large models; convert it with
-    `lightning.pytorch.utilities.consolidate_checkpoint`).
+    Checkpoints: `state_dict_type: full` writes one file from rank 0. For lit-swift objectives, whose
+    checkpoints hold only the trained weights (they load with `strict_loading = False`), only those are
+    copied to rank 0's CPU memory, one FSDP unit at a time (each unit is still all-gathered whole on the
+    GPUs: adapters share flat parameters with frozen weights); other modules get Lightning's whole-model
+    gather. `sharded` writes a folder of per-rank shards instead (fast for full fine-tuning of large
+    models; convert it with `lightning.pytorch.utilities.consolidate_checkpoint`). The HF folder beside
+    each checkpoint is written from weights gathered the same way (`lit_swift.strategies.gather`).
 
     Args:
         sharding_strategy: `FULL_SHARD` (ZeRO-3: params, grads, optimizer state), `SHARD_GRAD_OP` (ZeRO-2),
@@ -114,9 +116,32 @@ class FSDP(FSDPStrategy):
             self.configure_wrapping(model)
         return super()._setup_model(model)
 
+    def lightning_module_state_dict(self) -> dict[str, Tensor]:
+        """The checkpoint's weights; only the trained ones when the module saves only those."""
+        if self._state_dict_type == "full" and not self.lightning_module.strict_loading:
+            return full_state_dict(self.model, trainable_only=True, rank0_cpu=self.root_device.type != "cpu")
+        return super().lightning_module_state_dict()
 
-def is_sharded(module: nn.Module) -> bool:
-    """Whether `module` holds FSDP units (its `state_dict()` is then a collective)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
 
-    return any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
+def full_state_dict(root: nn.Module, trainable_only: bool, rank0_cpu: bool = True) -> dict[str, Tensor]:
+    """The unsharded state dict of an FSDP-wrapped `root` (FSDP1 units or FSDP2 `fully_shard`).
+
+    A collective: every rank must call it. Names come out clean (no `_fsdp_wrapped_module.` or
+    `_checkpoint_wrapped_module.`), keyed as in the unwrapped `root`. `root` must be the outermost
+    module FSDP wrapped (`trainer.strategy.model`): parameters outside every decoder-layer unit belong
+    to the root unit, and a submodule's own `state_dict()` would see only this rank's shard of them.
+
+    Args:
+        root: the FSDP-wrapped module.
+        trainable_only: gather only parameters with `requires_grad` (the adapters of a LoRA run).
+        rank0_cpu: copy the tensors to rank 0's CPU memory, one unit at a time, and return an empty dict
+            on the other ranks (GPU training). False when training on the CPU: every rank then gets
+            the tensors (FSDP1's CPU copy frees the gathered tensors before copying them when they
+            already live on the CPU; the process crashes).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=rank0_cpu, ignore_frozen_params=trainable_only
+    )
+    return get_model_state_dict(root, options=options)

@@ -12,8 +12,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lit_swift.data.plan import MicroBatch, PlannedDataModule
+from lit_swift.data.base import PlannedDataModule
+from lit_swift.data.plan import Encoded, MicroBatch
+from lit_swift.data.stream import Unit
 from lit_swift.types import EmbeddingRow
+
+Grouped = tuple[EmbeddingRow, list[str]]
+"""A row and its fixed hard negatives."""
 
 
 def pick_negatives(rows: list[tuple[EmbeddingRow, Any]], num_negatives: int) -> list[list[str]]:
@@ -30,7 +35,11 @@ def pick_negatives(rows: list[tuple[EmbeddingRow, Any]], num_negatives: int) -> 
         raise ValueError(
             f"num_negatives={num_negatives} but {len(missing)} row(s) have no negatives: {shown}"
         )
-    return [[row.negatives[i % len(row.negatives)] for i in range(num_negatives)] for row, _ in rows]
+    return [cycle_negatives(row, num_negatives) for row, _ in rows]
+
+
+def cycle_negatives(row: EmbeddingRow, num_negatives: int) -> list[str]:
+    return [row.negatives[i % len(row.negatives)] for i in range(num_negatives)]
 
 
 class PlannedRows(Dataset):
@@ -69,7 +78,12 @@ class EmbeddingDataModule(PlannedDataModule):
         shuffle: reshuffle the training rows every epoch (seeded).
         seed: seed for `path#N` sampling, the validation split and shuffling.
         num_workers: DataLoader worker processes.
-        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+        on_bad_row: `raise` stops before training with every bad row listed (streaming: when the run
+            reaches the first bad row); `skip` drops them and reports the counts by reason (streaming: at
+            the end of each pass over the data, or at teardown).
+        streaming: read the training rows lazily while training (see `SFTDataModule`); texts are
+            tokenised per batch in the main process.
+        shuffle_buffer: streaming only: rows in the seeded shuffle buffer.
         append_eos: append the tokenizer's EOS token to every text (decoder LMs with last-token pooling).
     """
 
@@ -91,12 +105,14 @@ class EmbeddingDataModule(PlannedDataModule):
         seed: int = 42,
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
         *,
         append_eos: bool = False,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row,
+            num_workers, on_bad_row, streaming, shuffle_buffer,
         )  # fmt: skip
         self.num_negatives, self.max_length, self.append_eos = num_negatives, max_length, append_eos
         self.rows: dict[str, list[EmbeddingRow]] | None = None
@@ -110,8 +126,11 @@ class EmbeddingDataModule(PlannedDataModule):
         return [t + self.tokenizer.eos_token for t in texts] if self.append_eos else texts
 
     def collate(self, indices: list[int], split: str) -> dict[str, Any]:
-        rows = [self.rows[split][i] for i in indices]
-        docs = [r.positive for r in rows] + [n for i in indices for n in self.negatives[split][i]]
+        return self.collate_grouped([(self.rows[split][i], self.negatives[split][i]) for i in indices], split)
+
+    def collate_grouped(self, grouped: list[Grouped], split: str) -> dict[str, Any]:
+        rows = [r for r, _ in grouped]
+        docs = [r.positive for r in rows] + [n for _, negatives in grouped for n in negatives]
         query = _tokenize(self.tokenizer, self.max_length, self._texts([r.query for r in rows]))
         doc = _tokenize(self.tokenizer, self.max_length, self._texts(docs))
         batch = {f"query_{k}": v for k, v in query.items()} | {f"doc_{k}": v for k, v in doc.items()}
@@ -121,7 +140,13 @@ class EmbeddingDataModule(PlannedDataModule):
             batch["doc_ids"] = [self.doc_index.setdefault(t, len(self.doc_index)) for t in docs]
         return batch
 
-    def train_dataloader(self) -> DataLoader:
+    def _encode_one(self, row: EmbeddingRow, where: str) -> Encoded:
+        return _grouped(row, where, self.num_negatives)
+
+    def _collate_units(self, units: list[Unit], step_total: int) -> dict[str, Any]:
+        return self.collate_grouped([u[0][1] for u in units], "train")
+
+    def _train_loader(self) -> DataLoader:
         return _row_loader(self, "train", self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -148,7 +173,12 @@ class RerankerDataModule(PlannedDataModule):
         shuffle: reshuffle the training rows every epoch (seeded).
         seed: seed for `path#N` sampling, the validation split and shuffling.
         num_workers: DataLoader worker processes.
-        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+        on_bad_row: `raise` stops before training with every bad row listed (streaming: when the run
+            reaches the first bad row); `skip` drops them and reports the counts by reason (streaming: at
+            the end of each pass over the data, or at teardown).
+        streaming: read the training rows lazily while training (see `SFTDataModule`); texts are
+            tokenised per batch in the main process.
+        shuffle_buffer: streaming only: rows in the seeded shuffle buffer.
     """
 
     kind = "embedding"
@@ -169,10 +199,12 @@ class RerankerDataModule(PlannedDataModule):
         seed: int = 42,
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row,
+            num_workers, on_bad_row, streaming, shuffle_buffer,
         )  # fmt: skip
         self.num_negatives, self.max_length = num_negatives, max_length
         self.rows: dict[str, list[EmbeddingRow]] | None = None
@@ -182,18 +214,34 @@ class RerankerDataModule(PlannedDataModule):
         self.rows, self.negatives = _rows_and_negatives(train, val, self.num_negatives)
 
     def collate(self, indices: list[int], split: str) -> dict[str, Any]:
-        rows = [self.rows[split][i] for i in indices]
-        groups = [[r.positive, *self.negatives[split][i]] for r, i in zip(rows, indices, strict=True)]
+        return self.collate_grouped([(self.rows[split][i], self.negatives[split][i]) for i in indices])
+
+    def collate_grouped(self, grouped: list[Grouped]) -> dict[str, Any]:
+        rows = [r for r, _ in grouped]
+        groups = [[r.positive, *negatives] for r, negatives in grouped]
         queries = [r.query for r, g in zip(rows, groups, strict=True) for _ in g]
         pairs = _tokenize(self.tokenizer, self.max_length, queries, [d for g in groups for d in g])
         labels = [[1.0 if r.score is None else r.score] + [0.0] * self.num_negatives for r in rows]
         return dict(pairs) | {"labels": torch.tensor(labels)}  # [B * G, T], [B, G]
 
-    def train_dataloader(self) -> DataLoader:
+    def _encode_one(self, row: EmbeddingRow, where: str) -> Encoded:
+        return _grouped(row, where, self.num_negatives)
+
+    def _collate_units(self, units: list[Unit], step_total: int) -> dict[str, Any]:
+        return self.collate_grouped([u[0][1] for u in units])
+
+    def _train_loader(self) -> DataLoader:
         return _row_loader(self, "train", self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         return _row_loader(self, "val", self.val_batch_size) if self.rows["val"] else []
+
+
+def _grouped(row: EmbeddingRow, where: str, num_negatives: int) -> Encoded:
+    """A streamed row with its hard negatives; a row without any, when some are needed, is an error."""
+    if num_negatives and not row.negatives:
+        raise ValueError(f"{where}: num_negatives={num_negatives} but the row has no negatives")
+    return Encoded([(row, cycle_negatives(row, num_negatives))])
 
 
 def _rows_and_negatives(

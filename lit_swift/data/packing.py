@@ -6,9 +6,10 @@ restarting `position_ids` at 0 for every sample so that no token attends across 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
-from lit_swift.types import EncodedSample
+T = TypeVar("T")
 
 
 def pack_first_fit_decreasing(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -65,8 +66,8 @@ def packing_efficiency(bins: list[list[int]], lengths: list[int], max_length: in
 
 
 def pack_stream(
-    samples: Iterable[EncodedSample], max_length: int, buffer_size: int
-) -> Iterator[list[EncodedSample]]:
+    samples: Iterable[T], max_length: int, buffer_size: int, length: Callable[[T], int] = len
+) -> Iterator[list[T]]:
     """Pack a stream of samples: read `buffer_size` samples, FFD-pack them, yield every bin, repeat.
 
     Leftovers are not carried between buffers: each buffer is packed completely (its last bins may be
@@ -74,25 +75,31 @@ def pack_stream(
     only on the input order. Larger buffers pack tighter: log-normal lengths (median 150) into 1024 reach
     0.988 efficiency with buffer_size=256 and 0.998 with 2000.
 
+    Args:
+        samples: `EncodedSample`s, or anything `length` measures (e.g. (row id, sample) pairs).
+        max_length: capacity of a bin.
+        buffer_size: samples packed together.
+        length: token count of a sample.
+
     Raises:
         ValueError: on the first sample (by stream index) that is empty or longer than `max_length`.
     """
     if buffer_size < 1:
         raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-    buffer: list[EncodedSample] = []
+    buffer: list[T] = []
     for index, sample in enumerate(samples):
-        if not 0 < len(sample) <= max_length:
+        if not 0 < length(sample) <= max_length:
             raise ValueError(
-                f"sample {index} of the stream has {len(sample)} tokens; max_length={max_length}"
+                f"sample {index} of the stream has {length(sample)} tokens; max_length={max_length}"
             )
         buffer.append(sample)
         if len(buffer) == buffer_size:
-            yield from _pack_buffer(buffer, max_length)
+            yield from _pack_buffer(buffer, max_length, length)
             buffer = []
     if buffer:
-        yield from _pack_buffer(buffer, max_length)
+        yield from _pack_buffer(buffer, max_length, length)
 
 
-def _pack_buffer(buffer: list[EncodedSample], max_length: int) -> Iterator[list[EncodedSample]]:
-    for b in pack_first_fit_decreasing([len(s) for s in buffer], max_length):
+def _pack_buffer(buffer: list[T], max_length: int, length: Callable[[T], int]) -> Iterator[list[T]]:
+    for b in pack_first_fit_decreasing([length(s) for s in buffer], max_length):
         yield [buffer[i] for i in b]

@@ -3,28 +3,24 @@
 Planning the whole epoch up front (seeded by `seed + epoch`) gives three properties at once: every
 micro-batch knows the target-token count of its entire optimizer step (exact loss normalisation
 under accumulation and DDP), each rank gets a disjoint share, and resuming skips exactly the
-micro-batches already consumed.
-
-`PlannedDataModule` is the one base of the DataModules: it reads and splits the rows, serves them
-through this plan, and keeps the resume state.
+micro-batches already consumed. `step_shares` lays out the steps for this plan and for the streaming
+plan (`stream.py`) alike; `PlannedDataModule` (`base.py`) serves both.
 """
 
 from __future__ import annotations
 
-import abc
+import itertools
 import random
-import warnings
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, NamedTuple, TypeVar
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Sampler
 
-from lit_swift import models
-from lit_swift.data import sources
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
@@ -76,22 +72,17 @@ class EpochPlanSampler(Sampler[MicroBatch]):
         order = list(range(len(self.rows)))
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(order)
-        batches = [
-            tuple(self.rows[i] for i in order[s : s + self.batch_size])
-            for s in range(0, len(order), self.batch_size)
-        ]
-        group = self.accumulate * self.world_size
-        mine: list[MicroBatch] = []
-        self.num_dropped = 0
-        for start in range(0, len(batches), group):
-            step = batches[start : start + group]
-            if len(step) < group and self.world_size > 1:
-                self.num_dropped = len(step)  # ranks must see equal counts; the ragged tail is left out
-                break
-            tokens = sum(self.targets[i] for mb in step for row in mb for i in row)
-            share = step[self.rank * self.accumulate : (self.rank + 1) * self.accumulate]
-            mine += [MicroBatch(mb, tokens) for mb in share]
+        batches = batched((self.rows[i] for i in order), self.batch_size)
+        dropped: list[int] = []
+        shares = step_shares(
+            batches, self._weight, self.accumulate, self.world_size, self.rank, dropped.append
+        )
+        mine = [MicroBatch(mb, total) for mb, total in shares]
+        self.num_dropped = sum(dropped)
         return mine
+
+    def _weight(self, row: tuple[int, ...]) -> int:
+        return sum(self.targets[i] for i in row)
 
     def __iter__(self) -> Iterator[MicroBatch]:
         # A generator: the plan is made at the first `next()`, not at `iter()`. Lightning creates the
@@ -106,131 +97,74 @@ class EpochPlanSampler(Sampler[MicroBatch]):
         return len(self.plan(self.epoch))
 
 
-class PlannedDataModule(L.LightningDataModule, abc.ABC):
-    """What every lit-swift DataModule shares: reading and splitting rows, planned loaders, resume state.
+def batched(items: Iterable[U], n: int) -> Iterator[tuple[U, ...]]:
+    """Consecutive tuples of `n` items, the last one possibly shorter (`itertools.batched`, Python 3.12)."""
+    it = iter(items)
+    while chunk := tuple(itertools.islice(it, n)):
+        yield chunk
 
-    A subclass names its canonical row `kind` (see `sources.load_mixture`), turns the training and
-    validation rows into its own items in `_prepare`, and serves them through `_planned_loader`. The
-    arguments are documented on each concrete DataModule, whose signature is the CLI schema.
+
+def step_shares(
+    batches: Iterable[tuple[U, ...]],
+    weight: Callable[[U], int],
+    accumulate: int,
+    world_size: int,
+    rank: int,
+    on_drop: Callable[[int], None] = lambda num: None,
+) -> Iterator[tuple[tuple[U, ...], int]]:
+    """This rank's micro-batches, each with the total `weight` of its whole optimizer step.
+
+    Consecutive micro-batches form steps of `accumulate * world_size`; rank r takes micro-batches
+    `r * accumulate .. (r + 1) * accumulate - 1` of every step. With several ranks a ragged last step
+    is left out (its micro-batch count goes to `on_drop`), as ranks must run equally many batches.
+    Shared by the map-style plan and the streaming plan, so both lay out steps identically.
+    """
+    group = accumulate * world_size
+    for step in batched(batches, group):
+        if len(step) < group and world_size > 1:
+            on_drop(len(step))
+            return
+        total = sum(weight(unit) for mb in step for unit in mb)
+        for mb in step[rank * accumulate : (rank + 1) * accumulate]:
+            yield mb, total
+
+
+class Encoded(NamedTuple):
+    """What one canonical row became: zero or more served items, and a note if it was cut or dropped.
+
+    The note completes ``"{split}: {count} ..."`` in the log, e.g. ``"prompt(s) longer than 64 tokens,
+    truncation=left"``; rows with equal notes are counted together.
     """
 
-    kind: str
-    shard_validation = True
-    """Give each rank its own share of the validation batches (False: every rank sees them all)."""
-
-    def __init__(
-        self,
-        tokenizer: str,
-        dataset: str | list[str],
-        val_dataset: str | list[str] | None,
-        val_split: float,
-        columns: dict[str, str] | None,
-        batch_size: int,
-        val_batch_size: int | None,
-        shuffle: bool,
-        seed: int,
-        num_workers: int,
-        on_bad_row: Literal["raise", "skip"],
-    ):
-        super().__init__()
-        self.tokenizer_spec = tokenizer
-        self.dataset = [dataset] if isinstance(dataset, str) else list(dataset)
-        self.val_dataset = [val_dataset] if isinstance(val_dataset, str) else val_dataset
-        self.val_split, self.columns = val_split, columns
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
-        self.tokenizer: Any = None
-        self._ready = False
-        self._resume: tuple[int, int] | None = None
-
-    # ----- stages -----
-    def setup(self, stage: str | None = None) -> None:
-        if self._ready:
-            return  # Lightning calls setup once per stage; the data is read once
-        self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
-        train = self._read(self.dataset)
-        if self.val_dataset:
-            val = self._read(self.val_dataset)
-        else:
-            train, val = sources.split_validation(train, self.val_split, self.seed)
-        self._prepare(train, val)
-        self._ready = True
-
-    @abc.abstractmethod
-    def _prepare(self, train: list, val: list) -> None:
-        """Turn the training and validation rows (as `_read` returns them) into the served items."""
-
-    def _specs(self, paths: list[str]) -> list[sources.DatasetSpec]:
-        return [sources.DatasetSpec(p, columns=self.columns) for p in paths]
-
-    def _read(self, paths: list[str]) -> list[tuple[Any, Any]]:
-        rows, report = sources.load_mixture(
-            self._specs(paths), self.kind, on_bad_row=self.on_bad_row, seed=self.seed
-        )
-        if report.num_skipped:
-            rank_zero_info(report.summary())
-        return rows
-
-    # ----- loaders -----
-    def _planned_loader(
-        self, dataset: Dataset, units: list[tuple[int, ...]], targets: list[int], batch_size: int, train: bool
-    ) -> DataLoader:
-        """A DataLoader of `dataset[MicroBatch]` items, planned by `EpochPlanSampler` over `units`.
-
-        Training batches are grouped into optimizer steps of `accumulate_grad_batches` and sharded over
-        the ranks, and resume where the checkpoint left off; validation batches are sharded unless
-        `shard_validation` is False.
-        """
-        trainer = self.trainer
-        if trainer is not None:
-            check_trainer(trainer)
-        shard = trainer and (train or self.shard_validation)
-        sampler = EpochPlanSampler(
-            units,
-            targets,
-            batch_size,
-            shuffle=self.shuffle and train,
-            seed=self.seed,
-            accumulate=trainer.accumulate_grad_batches if (trainer and train) else 1,
-            world_size=trainer.world_size if shard else 1,
-            rank=trainer.global_rank if shard else 0,
-        )
-        if train and self._resume is not None:
-            sampler.resume_at(*self._resume)
-        # Our own generator: creating a DataLoader iterator draws its base seed from it, and drawing from
-        # torch's global RNG instead would shift the dropout stream between a run and its resume.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_identity,
-            generator=generator,
-        )
-
-    # ----- exact resume -----
-    def state_dict(self) -> dict[str, Any]:
-        loop = self.trainer.fit_loop
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": loop.epoch_loop.batch_progress.current.processed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume = (state["epoch"], state["batches_done"])
-        # Lightning warns that a mid-epoch resume of a non-stateful DataLoader is unreliable; the
-        # sampler's `resume_at` makes ours exact, so the warning would only mislead.
-        warnings.filterwarnings(
-            "ignore", message="You're resuming from a checkpoint that ended before the epoch"
-        )
+    items: list
+    note: str | None = None
 
 
-def check_trainer(trainer: L.Trainer) -> None:
-    """Refuse a trainer that would replace the planned sampler with Lightning's DistributedSampler.
+def encode_all(rows: Iterable[tuple], encode: Callable[..., Encoded], split: str) -> list:
+    """Every row's items in order (`encode(*row)` for each row), logging how many rows each note covers."""
+    items: list = []
+    notes: Counter[str] = Counter()
+    for row in rows:
+        out = encode(*row)
+        items += out.items
+        if out.note:
+            notes[out.note] += 1
+    log_notes(notes, split)
+    return items
+
+
+def log_notes(notes: Counter[str], split: str) -> None:
+    for note, count in notes.items():
+        rank_zero_info(f"{split}: {count} {note}")
+
+
+def check_trainer(trainer: L.Trainer, streaming: bool = False) -> None:
+    """Refuse a trainer that would replace the planned sampler, or never end a streamed run.
 
     Raises:
-        ValueError: if `use_distributed_sampler` is on with more than one process.
+        ValueError: if `use_distributed_sampler` is on with more than one process, or if `streaming`
+            and `max_steps` is unset (an epoch's length is unknown until the stream ends, so
+            Lightning cannot size the LR schedule).
     """
     if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
         raise ValueError(
@@ -239,7 +173,14 @@ def check_trainer(trainer: L.Trainer) -> None:
             "DistributedSampler would replace that plan. Set `trainer: {use_distributed_sampler: false}` "
             "(the lit-swift CLI default)."
         )
+    if streaming and trainer.max_steps < 0:
+        raise ValueError(
+            "streaming: true reads the data lazily, so the number of batches is unknown before the run: "
+            "set trainer.max_steps (the length of the LR schedule; the run still stops after max_epochs "
+            "passes if the stream runs out first)"
+        )
 
 
-def _identity(batch: Any) -> Any:
+def identity(batch: Any) -> Any:
+    """The collate_fn of loaders whose items are already batches."""
     return batch

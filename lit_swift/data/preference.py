@@ -11,6 +11,7 @@ validation rows, for cached reference log-probs) and `step_num_rows` (pairs/rows
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,8 +20,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from lit_swift.data import collate, sources
+from lit_swift.data.base import PlannedDataModule
 from lit_swift.data.datamodule import num_targets
-from lit_swift.data.plan import MicroBatch, PlannedDataModule
+from lit_swift.data.plan import Encoded, MicroBatch, encode_all
+from lit_swift.data.stream import Unit
 from lit_swift.data.template import ChatEncoder, truncate
 from lit_swift.types import IGNORE_INDEX, EncodedSample, KTORow, PreferenceRow
 
@@ -79,18 +82,17 @@ def collate_kto(items: list[KTOItem], pad_id: int, packed: bool, max_length: int
 
 
 class PlannedItems(Dataset):
-    """Collates one planned `MicroBatch` (rows of one item index each) per item, with row ids."""
+    """Collates one planned `MicroBatch` (rows of one item index each) per item; row ids start at `id_offset`."""
 
-    def __init__(self, items: list, collate_fn, pad_id: int, packed: bool, max_length: int, id_offset: int):
-        self.items, self.collate_fn, self.pad_id = items, collate_fn, pad_id
-        self.packed, self.max_length, self.id_offset = packed, max_length, id_offset
+    def __init__(
+        self, items: list, collate_ids: Callable[[list[int], list, int], dict[str, Any]], id_offset: int
+    ):
+        self.items, self.collate_ids, self.id_offset = items, collate_ids, id_offset
 
     def __getitem__(self, mb: MicroBatch) -> dict[str, Any]:
         ids = [row[0] for row in mb.rows]
-        batch = self.collate_fn([self.items[i] for i in ids], self.pad_id, self.packed, self.max_length)
-        batch["row_ids"] = torch.tensor(ids, dtype=torch.long) + self.id_offset  # [B]
-        batch["step_num_rows"] = mb.step_target_tokens
-        return batch
+        items = [self.items[i] for i in ids]
+        return self.collate_ids([i + self.id_offset for i in ids], items, mb.step_target_tokens)
 
 
 class PreferenceDataModule(PlannedDataModule):
@@ -113,8 +115,13 @@ class PreferenceDataModule(PlannedDataModule):
         val_batch_size: pairs per validation batch (default `batch_size`).
         shuffle: reshuffle every epoch (seeded).
         seed: seed for `path#N` sampling, the validation split and shuffling.
-        num_workers: DataLoader worker processes.
-        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+        num_workers: DataLoader worker processes (with streaming they split the tokenization).
+        on_bad_row: `raise` stops before training with every bad row listed (streaming: when the run
+            reaches the first bad row); `skip` drops them and reports the counts by reason (streaming: at
+            the end of each pass over the data, or at teardown).
+        streaming: read and encode the training rows lazily while training (see `SFTDataModule`); row ids
+            are then record indices, so `precompute_ref` (which needs every row up front) is refused.
+        shuffle_buffer: streaming only: rows in the seeded shuffle buffer.
     """
 
     kind = "preference"
@@ -138,10 +145,12 @@ class PreferenceDataModule(PlannedDataModule):
         seed: int = 42,
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row,
+            num_workers, on_bad_row, streaming, shuffle_buffer,
         )  # fmt: skip
         self.template, self.system, self.margin_column = template, system, margin_column
         self.max_length, self.truncation, self.packing = max_length, truncation, packing
@@ -153,7 +162,7 @@ class PreferenceDataModule(PlannedDataModule):
         self.encoder = ChatEncoder(self.tokenizer, system=self.system, template=self.template)
         self.train_items = self._encode(train, "train")
         self.val_items = self._encode(val, "validation")
-        if not self.train_items:
+        if not self.train_items and not self.streaming:
             raise ValueError(f"{self.dataset}: no training rows left after encoding (see the log above)")
 
     def _read(self, paths: list[str]) -> list[tuple[Any, str, float]]:
@@ -165,35 +174,39 @@ class PreferenceDataModule(PlannedDataModule):
         margins, problems = {}, []
         for spec in specs:
             for raw in sources.load_raw(spec, self.seed):
-                value = raw.data.get(self.margin_column)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    margins[str(raw.provenance)] = float(value)
-                else:
-                    problems.append(f"  {raw.provenance}: {self.margin_column!r} is {value!r}, not a number")
+                try:
+                    margins[str(raw.provenance)] = self._margin(raw.data, str(raw.provenance))
+                except ValueError as e:
+                    problems.append(f"  {e}")
         if problems:
             raise ValueError(f"{len(problems)} rows without a numeric margin:\n" + "\n".join(problems[:20]))
         return margins
+
+    def _margin(self, raw: dict[str, Any], where: str) -> float:
+        value = raw.get(self.margin_column)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where}: {self.margin_column!r} is {value!r}, not a number")
 
     def _fit(self, sample: EncodedSample) -> EncodedSample | None:
         pieces = truncate(sample, self.max_length, self.truncation)
         return pieces[0] if pieces and num_targets(pieces[0]) > 0 else None
 
     def _encode(self, rows: list[tuple[Any, str, float]], split: str) -> list:
-        items, num_dropped = [], 0
-        for row, where, margin in rows:
-            item = self._encode_row(row, where, margin)
-            if item is None:
-                num_dropped += 1
-            else:
-                items.append(item)
-        if num_dropped:
-            rank_zero_info(
-                f"{split}: dropped {num_dropped} row(s) longer than max_length {self.max_length} "
-                f"(truncation={self.truncation}) that kept no answer token"
-            )
+        items = encode_all(rows, self._encode_one, split)
         if items:
             rank_zero_info(f"{split}: {len(items)} rows")
         return items
+
+    def _encode_one(self, row: PreferenceRow | KTORow, where: str, margin: float = 0.0) -> Encoded:
+        item = self._encode_row(row, where, margin)
+        if item is None:
+            limit = f"max_length {self.max_length} (truncation={self.truncation})"
+            return Encoded([], f"row(s) dropped: longer than {limit} with no answer token kept")
+        return Encoded([item])
+
+    def _stream_encode(self, row: PreferenceRow | KTORow, where: str, raw: dict[str, Any]) -> Encoded:
+        return self._encode_one(row, where, self._margin(raw, where) if self.margin_column else 0.0)
 
     def _encode_row(self, row: PreferenceRow, where: str, margin: float) -> PairItem | None:
         chosen = self._fit(self.encoder.encode_completion(row.messages, row.chosen, row.tools))
@@ -202,17 +215,24 @@ class PreferenceDataModule(PlannedDataModule):
 
     collate_fn = staticmethod(collate_pairs)
 
+    def _collate_ids(self, row_ids: list[int], items: list, step_num_rows: int) -> dict[str, Any]:
+        batch = self.collate_fn(items, self.tokenizer.pad_token_id, self.packing, self.max_length)
+        batch["row_ids"] = torch.tensor(row_ids, dtype=torch.long)  # [B]
+        batch["step_num_rows"] = step_num_rows
+        return batch
+
+    def _collate_units(self, units: list[Unit], step_total: int) -> dict[str, Any]:
+        return self._collate_ids([u[0][0] for u in units], [u[0][1] for u in units], step_total)
+
     # ----- loaders -----
     def _loader(self, items: list, batch_size: int, train: bool, id_offset: int) -> DataLoader:
-        dataset = PlannedItems(
-            items, self.collate_fn, self.tokenizer.pad_token_id, self.packing, self.max_length, id_offset
-        )
+        dataset = PlannedItems(items, self._collate_ids, id_offset)
         # one unit per row with one "target" each, so a micro-batch's step_target_tokens counts the rows
         # in its optimizer step
         units, targets = [(i,) for i in range(len(items))], [1] * len(items)
         return self._planned_loader(dataset, units, targets, batch_size, train)
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_loader(self) -> DataLoader:
         return self._loader(self.train_items, self.batch_size, train=True, id_offset=0)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -222,13 +242,19 @@ class PreferenceDataModule(PlannedDataModule):
 
     def reference_dataloaders(self) -> list[DataLoader]:
         """Every train and validation row once, in order (to precompute reference log-probs)."""
+        self._refuse_streaming("reference log-probs precomputed over every row")
         loaders = [self._loader(self.train_items, self.val_batch_size, train=False, id_offset=0)]
         return loaders + ([self.val_dataloader()] if self.val_items else [])
 
     @property
     def num_row_ids(self) -> int:
         """Row ids run over train then validation rows: `0 .. num_row_ids - 1`."""
+        self._refuse_streaming("reference log-probs precomputed over every row")
         return len(self.train_items) + len(self.val_items)
+
+    def _refuse_streaming(self, what: str) -> None:
+        if self.streaming:
+            raise ValueError(f"{what} need the training rows in memory; set streaming: false")
 
 
 class KTODataModule(PreferenceDataModule):
@@ -246,8 +272,9 @@ class KTODataModule(PreferenceDataModule):
         if self.batch_size < 2:
             raise ValueError(f"KTODataModule needs batch_size >= 2 for the KL pairs, got {self.batch_size}")
         super().setup(stage)
-        counts = Counter(it.desirable for it in self.train_items)
-        rank_zero_info(f"train: {counts[True]} desirable, {counts[False]} undesirable rows")
+        if not self.streaming:
+            counts = Counter(it.desirable for it in self.train_items)
+            rank_zero_info(f"train: {counts[True]} desirable, {counts[False]} undesirable rows")
 
     def _encode_row(self, row: KTORow, where: str, margin: float) -> KTOItem | None:
         sample = self._fit(self.encoder.encode_completion(row.messages, row.completion, row.tools))

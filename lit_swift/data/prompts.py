@@ -7,42 +7,52 @@ header) or are dropped, and either is counted and reported.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lit_swift.data.plan import MicroBatch, PlannedDataModule
+from lit_swift.data.base import PlannedDataModule
+from lit_swift.data.plan import Encoded, MicroBatch, encode_all
+from lit_swift.data.stream import Unit
 from lit_swift.data.template import ChatEncoder
 from lit_swift.types import PromptRow
 
+Prompt = tuple[list[int], dict[str, Any]]
+"""An encoded prompt: token ids ending in the assistant header, and the row's extra columns."""
+
+
+def collate_prompts(
+    row_ids: list[int], prompts: list[Prompt], pad_id: int, step_num_rows: int
+) -> dict[str, Any]:
+    """Prompts padded on the left so generation continues each row; `row_ids` [B], `extra` per row."""
+    width = max(len(ids) for ids, _ in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, T]
+    for b, (ids, _) in enumerate(prompts):
+        input_ids[b, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[b, width - len(ids) :] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: 0 at each prompt's start
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "row_ids": torch.tensor(row_ids),  # [B]
+        "extra": [extra for _, extra in prompts],
+        "step_num_rows": step_num_rows,  # prompts in the whole optimizer step
+    }
+
 
 class PromptBatches(Dataset):
-    """Collates one planned `MicroBatch` of prompts, padded on the left so generation continues each row."""
+    """Collates one planned `MicroBatch` of prompts (see `collate_prompts`)."""
 
     def __init__(self, prompts: list[list[int]], extras: list[dict[str, Any]], pad_id: int):
         self.prompts, self.extras, self.pad_id = prompts, extras, pad_id
 
     def __getitem__(self, mb: MicroBatch) -> dict[str, Any]:
         rows = [row[0] for row in mb.rows]
-        width = max(len(self.prompts[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # [B, T]
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
-        for b, i in enumerate(rows):
-            ids = self.prompts[i]
-            input_ids[b, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[b, width - len(ids) :] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]: 0 at each prompt's start
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "row_ids": torch.tensor(rows),  # [B]
-            "extra": [self.extras[i] for i in rows],
-            "step_num_rows": mb.step_target_tokens,  # prompts in the whole optimizer step
-        }
+        prompts = [(self.prompts[i], self.extras[i]) for i in rows]
+        return collate_prompts(rows, prompts, self.pad_id, mb.step_target_tokens)
 
 
 class PromptDataModule(PlannedDataModule):
@@ -62,8 +72,13 @@ class PromptDataModule(PlannedDataModule):
         val_batch_size: prompts per validation batch (default `batch_size`).
         shuffle: reshuffle every epoch (seeded).
         seed: seed for `path#N` sampling, the validation split and shuffling.
-        num_workers: DataLoader worker processes.
-        on_bad_row: `raise` stops before training with every bad row listed; `skip` drops and reports them.
+        num_workers: DataLoader worker processes (with streaming they split the tokenization).
+        on_bad_row: `raise` stops before training with every bad row listed (streaming: when the run
+            reaches the first bad row); `skip` drops them and reports the counts by reason (streaming: at
+            the end of each pass over the data, or at teardown).
+        streaming: read and encode the training prompts lazily while training (see `SFTDataModule`); row
+            ids are then record indices.
+        shuffle_buffer: streaming only: prompts in the seeded shuffle buffer.
     """
 
     kind = "prompt"
@@ -85,10 +100,12 @@ class PromptDataModule(PlannedDataModule):
         seed: int = 42,
         num_workers: int = 0,
         on_bad_row: Literal["raise", "skip"] = "raise",
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row,
+            num_workers, on_bad_row, streaming, shuffle_buffer,
         )  # fmt: skip
         self.template, self.system = template, system
         self.max_prompt_length, self.truncation = max_prompt_length, truncation
@@ -101,25 +118,25 @@ class PromptDataModule(PlannedDataModule):
         self.val_prompts = self._encode(val, "validation")
 
     def _encode(self, rows: list[tuple[PromptRow, Any]], split: str) -> tuple[list[list[int]], list[dict]]:
-        prompts, extras, counts = [], [], Counter()
-        for row, _where in rows:
-            ids = self.encoder.prompt_ids(row.messages, row.tools)
-            if len(ids) > self.max_prompt_length:
-                counts[self.truncation] += 1
-                if self.truncation == "drop":
-                    continue
-                ids = ids[-self.max_prompt_length :]
-            prompts.append(ids)
-            extras.append(row.extra)
+        prompts = encode_all(rows, self._encode_one, split)
         if split == "train" and rows and not prompts:
             raise ValueError(
                 f"every training prompt is longer than max_prompt_length {self.max_prompt_length}"
             )
-        for mode, n in counts.items():
-            rank_zero_info(
-                f"{split}: {n} prompt(s) longer than {self.max_prompt_length} tokens, truncation={mode}"
-            )
-        return prompts, extras
+        return [ids for ids, _ in prompts], [extra for _, extra in prompts]
+
+    def _encode_one(self, row: PromptRow, where: Any) -> Encoded:
+        ids = self.encoder.prompt_ids(row.messages, row.tools)
+        if len(ids) <= self.max_prompt_length:
+            return Encoded([(ids, row.extra)])
+        note = f"prompt(s) longer than {self.max_prompt_length} tokens, truncation={self.truncation}"
+        if self.truncation == "drop":
+            return Encoded([], note)
+        return Encoded([(ids[-self.max_prompt_length :], row.extra)], note)
+
+    def _collate_units(self, units: list[Unit], step_total: int) -> dict[str, Any]:
+        ids, prompts = [u[0][0] for u in units], [u[0][1] for u in units]
+        return collate_prompts(ids, prompts, self.tokenizer.pad_token_id, step_total)
 
     def _loader(
         self, prompts: tuple[list[list[int]], list[dict]], batch_size: int, train: bool
@@ -131,7 +148,7 @@ class PromptDataModule(PlannedDataModule):
             dataset, [(i,) for i in range(len(ids))], [1] * len(ids), batch_size, train
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_loader(self) -> DataLoader:
         return self._loader(self.train_prompts, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:

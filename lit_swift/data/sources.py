@@ -85,8 +85,11 @@ class RawRow:
 
 
 @dataclass
-class _Bad:
-    """An unreadable record (malformed JSON, wrong CSV field count, not an object) or invalid row."""
+class BadRecord:
+    """An unreadable record (malformed JSON, wrong CSV field count, not an object) or invalid row.
+
+    `reason` is the text users read after ``file:line:``; `code` groups reasons in reports.
+    """
 
     where: Provenance
     reason: str
@@ -143,13 +146,15 @@ class LoadReport:
         return "\n".join([f"{self.num_skipped} bad rows for kind {self.kind!r} ({fix}):", *lines])
 
 
-def _record(obj: Any, source: str, line: int) -> RawRow | _Bad:
+def _record(obj: Any, source: str, line: int) -> RawRow | BadRecord:
     if isinstance(obj, dict):
         return RawRow(obj, source, line)
-    return _Bad(Provenance(source, line), f"expected a JSON object, got {type(obj).__name__}", "bad_type")
+    return BadRecord(
+        Provenance(source, line), f"expected a JSON object, got {type(obj).__name__}", "bad_type"
+    )
 
 
-def _iter_jsonl(path: str) -> Iterator[RawRow | _Bad]:
+def _iter_jsonl(path: str) -> Iterator[RawRow | BadRecord]:
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
@@ -157,12 +162,12 @@ def _iter_jsonl(path: str) -> Iterator[RawRow | _Bad]:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                yield _Bad(Provenance(path, line), f"invalid JSON: {e}", "bad_json")
+                yield BadRecord(Provenance(path, line), f"invalid JSON: {e}", "bad_json")
                 continue
             yield _record(obj, path, line)
 
 
-def _iter_json(path: str) -> Iterator[RawRow | _Bad]:
+def _iter_json(path: str) -> Iterator[RawRow | BadRecord]:
     """A JSON array (line numbers of each element's start), or JSON lines in a .json file."""
     with open(path, encoding="utf-8-sig") as f:
         text = f.read()
@@ -176,7 +181,7 @@ def _iter_json(path: str) -> Iterator[RawRow | _Bad]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield _Bad(Provenance(path, e.lineno), f"invalid JSON: {e}", "bad_json")
+            yield BadRecord(Provenance(path, e.lineno), f"invalid JSON: {e}", "bad_json")
             return
         line, counted = line + text.count("\n", counted, pos), pos
         yield _record(obj, path, line)
@@ -185,11 +190,11 @@ def _iter_json(path: str) -> Iterator[RawRow | _Bad]:
             pos = _WS.match(text, pos + 1).end()
         elif not text.startswith("]", pos):
             reason = "invalid JSON: expected ',' or ']' after an array element"
-            yield _Bad(Provenance(path, text.count("\n", 0, pos) + 1), reason, "bad_json")
+            yield BadRecord(Provenance(path, text.count("\n", 0, pos) + 1), reason, "bad_json")
             return
 
 
-def _iter_csv(path: str) -> Iterator[RawRow | _Bad]:
+def _iter_csv(path: str) -> Iterator[RawRow | BadRecord]:
     """Stdlib csv: every cell is a string; `line` is where the record starts (header = line 1)."""
     csv.field_size_limit(2**31 - 1)  # long chat texts exceed the 128 KiB default
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -202,12 +207,12 @@ def _iter_csv(path: str) -> Iterator[RawRow | _Bad]:
                 continue
             if len(cells) != len(header):
                 reason = f"expected {len(header)} fields like the header, got {len(cells)}"
-                yield _Bad(Provenance(path, start), reason, "bad_record")
+                yield BadRecord(Provenance(path, start), reason, "bad_record")
                 continue
             yield RawRow(dict(zip(header, cells, strict=True)), path, start)
 
 
-def _iter_parquet(path: str) -> Iterator[RawRow | _Bad]:
+def _iter_parquet(path: str) -> Iterator[RawRow | BadRecord]:
     import pyarrow.parquet as pq  # a `datasets` dependency; imported lazily as it is slow to import
 
     rows = (row for batch in pq.ParquetFile(path).iter_batches(batch_size=1024) for row in batch.to_pylist())
@@ -223,7 +228,7 @@ def _offline() -> bool:
     return any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
-def _iter_datasets(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | _Bad]:
+def _iter_datasets(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | BadRecord]:
     """A local folder or hub id through `datasets.load_dataset`; `line` is the 1-based row number."""
     is_dir = Path(spec.path).is_dir()
     unreachable = f"dataset {spec.path!r} is neither a local file nor reachable on the hub"
@@ -241,7 +246,7 @@ def _iter_datasets(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | _Bad
         yield RawRow(dict(row), spec.path, line)
 
 
-def _read(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | _Bad]:
+def _read(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | BadRecord]:
     path = Path(spec.path)
     if path.is_file():
         if path.suffix.lower() not in _READERS:
@@ -261,40 +266,56 @@ def _sample(rows: list[RawRow], num_rows: int | None, seed: int) -> list[RawRow]
     return rows * passes + [rows[i] for i in random.Random(seed).sample(range(len(rows)), rest)]
 
 
-def _load(spec: DatasetSpec, seed: int) -> list[RawRow | _Bad]:
+def _load(spec: DatasetSpec, seed: int) -> list[RawRow | BadRecord]:
     """Unreadable records first, then the (`#N`-sampled) rows."""
     items = list(_read(spec, streaming=False))
     rows = _sample([x for x in items if isinstance(x, RawRow)], spec.num_rows, seed)
-    return [x for x in items if isinstance(x, _Bad)] + rows
+    return [x for x in items if isinstance(x, BadRecord)] + rows
 
 
-def _stream(spec: DatasetSpec) -> Iterator[RawRow | _Bad]:
-    """Lazily read records, stopping after the first `#N` rows."""
-    num_rows = 0
-    for item in _read(spec, streaming=True):
+def iter_records(spec: DatasetSpec) -> Iterator[RawRow | BadRecord]:
+    """Every record of one dataset, lazily and in file order: rows and unreadable records alike.
+
+    The path is checked now (a missing local file or an unsupported type raises `ValueError`); reading
+    starts at the first `next()`. With `#N` it stops after the first N rows. A .json array is read whole.
+    """
+    return _first_rows(_read(spec, streaming=True), spec.num_rows)
+
+
+def _first_rows(items: Iterable[RawRow | BadRecord], num_rows: int | None) -> Iterator[RawRow | BadRecord]:
+    count = 0
+    for item in items:
         yield item
-        num_rows += isinstance(item, RawRow)
-        if num_rows == spec.num_rows:
+        count += isinstance(item, RawRow)
+        if count == num_rows:
             return
 
 
+def normalise(
+    item: RawRow | BadRecord, kind: RowKind, columns: dict[str, str] | None
+) -> tuple[CanonicalRow, Provenance] | BadRecord:
+    """A record as a canonical row with its provenance, or as a `BadRecord` saying why it is not one."""
+    if isinstance(item, BadRecord):
+        return item
+    try:
+        return to_canonical(item.data, kind, columns), item.provenance
+    except RowError as e:
+        return BadRecord(item.provenance, e.reason, e.code)
+
+
 def _canonical(
-    items: Iterable[RawRow | _Bad], kind: RowKind, spec: DatasetSpec, report: LoadReport, fail_fast: bool
+    items: Iterable[RawRow | BadRecord], kind: RowKind, spec: DatasetSpec, report: LoadReport, fail_fast: bool
 ) -> Iterator[tuple[CanonicalRow, Provenance]]:
     """Normalise rows; bad ones raise at once (`fail_fast`) or are counted in `report`."""
     for item in items:
-        if isinstance(item, RawRow):
-            try:
-                row = to_canonical(item.data, kind, spec.columns)
-            except RowError as e:
-                item = _Bad(item.provenance, e.reason, e.code)
-            else:
-                report.keep(item.source)
-                yield row, item.provenance
-                continue
-        if fail_fast:
-            raise ValueError(f"{item.where}: {item.reason}")
-        report.skip(item.where, item.reason, item.code)
+        result = normalise(item, kind, spec.columns)
+        if not isinstance(result, BadRecord):
+            report.keep(result[1].source)
+            yield result
+        elif fail_fast:
+            raise ValueError(f"{result.where}: {result.reason}")
+        else:
+            report.skip(result.where, result.reason, result.code)
 
 
 def load_raw(spec: DatasetSpec, seed: int = 42) -> list[RawRow]:
@@ -310,7 +331,7 @@ def load_raw(spec: DatasetSpec, seed: int = 42) -> list[RawRow]:
     """
     items, report = _load(spec, seed), LoadReport(kind="raw")
     for bad in items:
-        if isinstance(bad, _Bad):
+        if isinstance(bad, BadRecord):
             report.skip(bad.where, bad.reason, bad.code)
     if report.num_skipped:
         raise ValueError(report.error())
@@ -413,7 +434,7 @@ def iter_raw(
         report: Collects skipped records in skip mode.
     """
     report = report if report is not None else LoadReport(kind="raw")
-    for item in _stream(spec):
+    for item in iter_records(spec):
         if isinstance(item, RawRow):
             yield item
         elif on_bad_row == "raise":
@@ -438,6 +459,6 @@ def iter_canonical(
     """
     report = report if report is not None else LoadReport()
     report.kind = kind
-    for row in _canonical(_stream(spec), kind, spec, report, fail_fast=on_bad_row == "raise"):
+    for row in _canonical(iter_records(spec), kind, spec, report, fail_fast=on_bad_row == "raise"):
         report.num_rows += 1
         yield row

@@ -6,9 +6,10 @@ about a particular loss.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,9 @@ class CausalLMObjective(L.LightningModule):
         weights = None if state_dict is None else submodule_state(state_dict, "model")
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+            # PEFT picks the adapter entries by the model's module names, which must match the clean keys
+            with unwrapped(self.model):
+                self.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
             self.tokenizer.save_pretrained(str(tmp))
 
         return write_folder(folder, write, config_file)
@@ -218,6 +221,32 @@ def clean_name(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def unwrapped(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, every wrapped module of `model` sits where its wrapper was (names are clean).
+
+    Only the module tree changes, no weights: FSDP1 units, activation-checkpoint wrappers and compiled
+    modules are put back on exit.
+    """
+    attrs = [prefix.rstrip(".") for prefix in WRAPPER_PREFIXES]
+    swaps = []
+    for parent in list(model.modules()):
+        if any(a in parent._modules for a in attrs):
+            continue  # a wrapper's own link to its module stays
+        for name, child in list(parent._modules.items()):
+            inner = child
+            while inner is not None and (attr := next((a for a in attrs if a in inner._modules), None)):
+                inner = inner._modules[attr]
+            if inner is not child:
+                parent._modules[name] = inner
+                swaps.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in reversed(swaps):
+            parent._modules[name] = child
+
+
 def submodule_state(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """The entries of `state_dict` under `prefix.`, keyed relative to that submodule."""
     start = prefix + "."
@@ -242,23 +271,27 @@ def check_layout(saved: dict[str, int], now: dict[str, int]) -> None:
     keeps the global batch, the loss normalisation and the schedule's length.
     """
 
+    def rows(layout: dict[str, int]) -> int:
+        return layout["batch_size"] * layout["world_size"] * layout["accumulate_grad_batches"]
+
     def describe(layout: dict[str, int]) -> str:
-        rows = layout["batch_size"] * layout["world_size"] * layout["accumulate_grad_batches"]
         return (
             f"batch_size {layout['batch_size']} x accumulate_grad_batches "
-            f"{layout['accumulate_grad_batches']} x {layout['world_size']} process(es) = {rows} rows per step"
+            f"{layout['accumulate_grad_batches']} x {layout['world_size']} process(es) = {rows(layout)} rows per step"
         )
 
     slots = [(d["batch_size"] * d["world_size"], d["accumulate_grad_batches"]) for d in (saved, now)]
-    if slots[0] != slots[1]:
-        rank_zero_warn(
-            f"Resuming a run saved with {describe(saved)} on {describe(now)}: not an exact resume. "
-            "The position inside an interrupted epoch is a per-process count of micro-batches, so a "
-            "mid-epoch checkpoint continues from other rows than the saved run had reached (some are "
-            "skipped or repeated), and the optimizer steps (global batch, schedule length) change. Keep "
-            "batch_size x devices x num_nodes and accumulate_grad_batches as saved to resume exactly "
-            "(e.g. 2 processes x batch_size 2 -> 1 process x batch_size 4)."
-        )
+    if slots[0] == slots[1]:
+        return
+    steps = "; the global batch changes too, and with it the optimizer steps and the schedule's length"
+    rank_zero_warn(
+        f"Resuming a run saved with {describe(saved)} on {describe(now)}: not an exact resume. The "
+        "position inside an interrupted epoch is a per-process count of micro-batches, so a mid-epoch "
+        "checkpoint continues from other rows than the saved run had reached (some are skipped or "
+        f"repeated){steps if rows(saved) != rows(now) else ''}. Keep batch_size x devices x num_nodes and "
+        "accumulate_grad_batches as saved to resume exactly (e.g. 2 processes x batch_size 2 -> 1 process "
+        "x batch_size 4)."
+    )
 
 
 def rng_state() -> dict[str, Any]:

@@ -45,6 +45,26 @@ def test_batch_counts_by_hand():
     assert batch_counts(no_segments)["tokens"] == 5  # from attention_mask
 
 
+def test_batch_counts_of_embedding_and_reranker_batches():
+    """Embedding pairs: 2 queries (3 + 2 real tokens of 4) and 4 documents (2 + 4 + 1 + 3 of 4): 15 tokens
+    in 24 positions, 2 samples (the queries), every token a target (no labels). Reranker: 4 pairs (B=2
+    queries x G=2) of 3 positions, 10 real tokens; its [B, G] score labels are not per-token targets."""
+    embedding = {
+        "query_input_ids": torch.ones(2, 4, dtype=torch.long),
+        "query_attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+        "doc_input_ids": torch.ones(4, 4, dtype=torch.long),
+        "doc_attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]]),
+        "doc_ids": ["a", "b", "c", "d"],
+    }
+    assert batch_counts(embedding) == {"tokens": 15, "targets": 15, "samples": 2, "positions": 24}
+    reranker = {
+        "input_ids": torch.ones(4, 3, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 1, 0]]),
+        "labels": torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
+    }
+    assert batch_counts(reranker) == {"tokens": 10, "targets": 10, "samples": 4, "positions": 12}
+
+
 def test_rates_over_optimizer_steps_with_accumulation():
     """Step 1 = PADDED + PACKED (accumulated), 2 s; step 2 = PADDED, 3 s. Window of 2 steps, 5 s:
     tokens 5+5+5 = 15 -> 3/s; targets 2+3+2 = 7 -> 1.4/s; samples 2+2+2 = 6 -> 1.2/s;

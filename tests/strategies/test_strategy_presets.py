@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lit_swift.strategies.ddp import DDP
 from lit_swift.strategies.deepspeed import DeepSpeedZeRO, deepspeed_available, zero_config
@@ -127,3 +128,71 @@ def test_zero_config_rejects_bad_combinations():
 def test_deepspeed_strategy_without_deepspeed_names_the_extra():
     with pytest.raises(ImportError, match=r"pip install 'lit-swift\[deepspeed\]'"):
         DeepSpeedZeRO(stage=3)
+
+
+class AccumulatingEngine:
+    """DeepSpeed's `engine.backward` as far as the loss scale goes (runtime/engine.py)."""
+
+    def __init__(self, gradient_accumulation_steps: int):
+        self.steps = gradient_accumulation_steps
+
+    def gradient_accumulation_steps(self) -> int:
+        return self.steps
+
+    def backward(self, loss, retain_graph=False, scale_wrt_gas=True):
+        if self.gradient_accumulation_steps() > 1 and scale_wrt_gas:
+            loss = loss / self.gradient_accumulation_steps()
+        loss.backward(retain_graph=retain_graph)
+
+
+@pytest.mark.parametrize("preset,expected_grad", [(True, 0.5), (False, 0.125)])
+def test_deepspeed_backward_divides_by_the_accumulation_once(preset, expected_grad):
+    """accumulate_grad_batches = 4 and a micro-batch loss 2 w at w = 1. Lightning's loop hands the strategy
+    2 w / 4, so d/dw = 0.5: what DDP and FSDP apply. DeepSpeed's engine divides by its
+    gradient_accumulation_steps (= 4, from the same trainer setting) again unless told not to: 0.125.
+    `DeepSpeedZeRO.backward` tells it not to; Lightning's own `DeepSpeedStrategy` does not.
+
+    The strategy is built without `__init__`, which only checks that deepspeed is installed; the engine
+    is replaced by the arithmetic of its `backward`."""
+    import lightning as L
+    from lightning.pytorch.plugins.precision.deepspeed import DeepSpeedPrecision
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    module = L.LightningModule()
+    module.w = nn.Parameter(torch.tensor(1.0))
+    module._trainer = type("Trainer", (), {"model": AccumulatingEngine(4)})()
+    strategy = object.__new__(DeepSpeedZeRO if preset else DeepSpeedStrategy)
+    strategy._model, strategy._lightning_module = None, module
+
+    class EngineBackwardOnly(DeepSpeedPrecision):  # Lightning's DeepSpeed backward, without hook calls
+        def pre_backward(self, tensor, module):
+            return tensor
+
+        post_backward = pre_backward
+
+    strategy._precision_plugin = EngineBackwardOnly("32-true")
+    strategy.backward(2 * module.w / 4, optimizer=None)
+    assert module.w.grad.item() == expected_grad
+
+
+def test_hardware_fragments_leave_the_run_configs_callbacks_alone(tmp_path, monkeypatch):
+    """A later `--config` replaces the whole callbacks list, so hardware fragments set none: composing
+    `gpu.yaml` after `sft/lora.yaml` keeps the run's checkpoint settings, LR monitor and early stopping."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+    from lit_swift.callbacks.hf_checkpoint import HFCheckpoint
+    from lit_swift.callbacks.throughput import Throughput
+
+    from lit_swift.cli import run_trainer
+
+    hardware = [p for p in FRAGMENTS if p.stem not in ("tensorboard", "wandb")]
+    for path in hardware:
+        assert "callbacks" not in yaml.safe_load(path.read_text())["trainer"], path.name
+
+    monkeypatch.chdir(ROOT)
+    args = ["--config", "configs/sft/lora.yaml", "--config", "configs/trainer/gpu.yaml"]
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # no GPU in the tests
+    cli = run_trainer([*args, *cpu, "--trainer.default_root_dir", str(tmp_path)], run=False)
+    callbacks = {type(c): c for c in cli.trainer.callbacks}
+    assert callbacks[HFCheckpoint]._every_n_train_steps == 50 and callbacks[HFCheckpoint].save_top_k == 2
+    assert {Throughput, EarlyStopping} <= set(callbacks)
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
