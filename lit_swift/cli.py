@@ -12,6 +12,8 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from lit_swift import runtime
+
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 TOOL_COMMANDS = {
     "data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`",
@@ -112,6 +114,7 @@ def main(args: list[str] | None = None) -> None:
     from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    runtime.fix_mmap_threshold()
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return

@@ -151,13 +151,14 @@ class CausalLMObjective(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable
         }
         checkpoint["rng"] = rng_state()
-        checkpoint["layout"] = batch_layout(self.trainer)
+        if self._trainer is not None:  # a module saved outside a fit has no layout to record
+            checkpoint["layout"] = batch_layout(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied at the next training batch, not now: between loading and that batch Lightning still
         # builds dataloaders and runs hooks, while an uninterrupted run goes straight from save to batch.
         self._pending_rng = checkpoint.get("rng")
-        if "layout" in checkpoint:
+        if "layout" in checkpoint and self._trainer is not None:
             check_layout(checkpoint["layout"], batch_layout(self.trainer))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
