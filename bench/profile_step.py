@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Profile a few lit-swift SFT steps on the bench data with torch.profiler; print the top ops by self CPU time.
+"""Profile a few lit-swift SFT or DPO steps on the bench data with torch.profiler; print the top ops by self CPU time.
 
-HF_HUB_OFFLINE=1 .venv/bin/python bench/profile_sft.py --model /tmp/benchmodel --layers 2 --steps 3
+HF_HUB_OFFLINE=1 .venv/bin/python bench/profile_step.py --model /tmp/benchmodel --layers 2 --steps 3
+HF_HUB_OFFLINE=1 .venv/bin/python bench/profile_step.py --model /tmp/benchmodel --task dpo --mode pack --steps 2
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from lit_swift.cli import run_trainer
 
 HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("BENCH_DIR", "/work/shared/bench")) / "data" / "sft.jsonl"
+DATA = Path(os.environ.get("BENCH_DIR", "/work/shared/bench")) / "data"
 
 
 class ProfileSteps(L.Callback):
@@ -47,11 +48,11 @@ def cli_args(a: argparse.Namespace) -> list[str]:
     m, d = "--model.init_args", "--data.init_args"
     args = [
         "--config",
-        str(HERE / "configs" / "sft.yaml"),
+        str(HERE / "configs" / f"{a.task}.yaml"),
         f"{m}.model",
         a.model,
         f"{d}.dataset",
-        a.data,
+        a.data or f"{DATA / a.task}.jsonl#64",
         f"{d}.batch_size",
         str(a.bs),
         f"{d}.packing",
@@ -78,7 +79,8 @@ def cli_args(a: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--data", default=f"{DATA}#64")
+    p.add_argument("--task", choices=("sft", "dpo"), default="sft")
+    p.add_argument("--data", default=None, help="default: the bench's <task>.jsonl, first 64 rows")
     p.add_argument("--mode", choices=("pad", "pack"), default="pad")
     p.add_argument("--precision", choices=("fp32", "amp", "bf16"), default="fp32")
     p.add_argument("--bs", type=int, default=4)
