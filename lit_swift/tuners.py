@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import types
 import weakref
 from typing import Any, Literal
 
@@ -127,6 +128,7 @@ class LoRA(Tuner):
         model = get_peft_model(model, self.peft_config(task_type))
         if self.dropout > 0:
             use_input_dropout(model, shared=self.shared_dropout)
+        use_fused_lora_forward(model)
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -220,6 +222,51 @@ def use_input_dropout(model: nn.Module, shared: bool = True) -> int:
                 module.lora_dropout[name] = InputDropout(drop.p, shared)
                 swapped += 1
     return swapped
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """peft `lora.Linear.forward` for one plain adapter: the update is added in place by one addmm.
+
+    peft computes `result + lora_B(lora_A(dropout(x))) * scaling`, three activation-sized tensors
+    per adapted layer; here `result.addmm_(a, B^T, alpha=scaling)` writes into the base output (its
+    autograd node does not keep it). The same math and random draws; every other case (adapters
+    disabled or merged, several adapters, DoRA, autocast, extra arguments) takes peft's own forward.
+    """
+    names = self.active_adapters
+    name = names[0] if len(names) == 1 else None
+    if (
+        args
+        or kwargs
+        or name is None
+        or self.disable_adapters
+        or self.merged
+        or name not in self.lora_A
+        or name in self.lora_variant
+        or self.lora_B[name].bias is not None
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return type(self).forward(self, x, *args, **kwargs)
+    lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    result = self.base_layer(x)
+    a = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype)))  # [..., r]
+    if result.dtype != a.dtype:
+        return result + lora_b(a).to(result.dtype) * self.scaling[name]
+    result.view(-1, result.shape[-1]).addmm_(
+        a.reshape(-1, a.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name]
+    )
+    return result
+
+
+def use_fused_lora_forward(model: nn.Module) -> int:
+    """Give every peft `lora.Linear` of `model` `_fused_lora_forward`; returns how many."""
+    from peft.tuners.lora import Linear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is Linear:
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            count += 1
+    return count
 
 
 def is_peft(model: nn.Module) -> bool:

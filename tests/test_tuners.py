@@ -199,3 +199,32 @@ def test_shared_dropout_survives_gradient_checkpointing():
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad)
+
+
+def test_fused_lora_forward_equals_peft():
+    """Same outputs, gradients and dropout draws as peft's own forward; disabled adapters give the base."""
+    runs = []
+    for fused in (True, False):
+        model = tuners.LoRA(r=4, dropout=0.2).apply(tiny_llama()).train()
+        if not fused:
+            for module in model.modules():
+                module.__dict__.pop("forward", None)  # back to peft's class method
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(
+                    param, std=0.1, generator=torch.Generator().manual_seed(hash(name) % 1000)
+                )
+        torch.manual_seed(3)
+        ids = torch.randint(0, VOCAB, (2, 12))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        with tuners.adapters_disabled(model), torch.no_grad():
+            base = model(input_ids=ids).logits
+        runs.append((loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, base))
+    (loss_f, grads_f, base_f), (loss_p, grads_p, base_p) = runs
+    assert loss_f.grad_fn is not None
+    torch.testing.assert_close(loss_f, loss_p)
+    for name, grad in grads_p.items():
+        torch.testing.assert_close(grads_f[name], grad, msg=name)
+    torch.testing.assert_close(base_f, base_p)
+    assert tuners.use_fused_lora_forward(tiny_llama()) == 0  # nothing to patch without peft
