@@ -77,7 +77,8 @@ def test_lora_ckpt_holds_only_adapters_and_full_training_state(lora_run):
     assert ckpt["optimizer_states"] and ckpt["optimizer_states"][0]["state"]
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
     assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 2
-    assert ckpt["SFTDataModule"] == {"epoch": 0, "batches_done": 2}  # saved after epoch 0's 2nd (last) batch
+    # saved after epoch 0's 2nd (last) batch: a resume continues at the start of epoch 1
+    assert ckpt["SFTDataModule"] == {"epoch": 1, "batches_done": 0}
     assert "rng" in ckpt and ckpt["global_step"] == 2
 
 

@@ -211,9 +211,11 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
 
     # ----- exact resume -----
     def state_dict(self) -> dict[str, Any]:
-        state = {"epoch": self.trainer.current_epoch, "batches_done": self._batches_done()}
+        # Where Lightning continues from this checkpoint: a save at the end of an epoch or of training
+        # resumes at the start of the next epoch, not at "all batches of this one done".
+        epoch, batches_done = self._resume_point()
+        state = {"epoch": epoch, "batches_done": batches_done}
         if self.streaming:
-            epoch, batches_done = self._resume_point()
             rows_read = self._stream.rows_read_at(batches_done) if self._stream else None
             state["stream"] = {
                 "seed": self.seed,

@@ -199,11 +199,17 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(path: str, root, max_steps: int, ckpt: str | None = None, at_epoch_end: bool = False) -> list:
+def fit(
+    path: str,
+    root,
+    max_steps: int,
+    ckpt: str | None = None,
+    at_epoch_end: bool = False,
+    streaming: bool = True,
+) -> list:
     """The batches a run of `max_steps` sees; it saves `last.ckpt` every step, or at epoch (and train) end."""
-    dm = SFTDataModule(
-        SMOLLM2, path, max_length=128, batch_size=2, streaming=True, shuffle_buffer=4, num_workers=1
-    )
+    stream_args = {"shuffle_buffer": 4, "num_workers": 1} if streaming else {}
+    dm = SFTDataModule(SMOLLM2, path, max_length=128, batch_size=2, streaming=streaming, **stream_args)
     when = {"every_n_epochs": 1} if at_epoch_end else {"every_n_train_steps": 1}
     trainer = L.Trainer(
         accelerator="cpu",
@@ -244,6 +250,33 @@ def test_lightning_resume_matches_the_uninterrupted_run(uninterrupted, tmp_path,
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["SFTDataModule"]["stream"]
     assert state["seed"] == 42 and (state["epoch"], state["batches_done"]) == divmod(stop, 5)
     resumed = fit(path, tmp_path, 8, str(tmp_path / "last.ckpt"), at_epoch_end)
+    assert first + resumed == full
+
+
+@pytest.mark.parametrize(
+    "stop, at_epoch_end",
+    [
+        (3, False),
+        (5, False),
+        pytest.param(
+            5,
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known bug: a map-style run saved by every_n_epochs at train end resumes epoch 1's "
+                "first batch right, then diverges (streaming is exact); see issue 3's notes",
+            ),
+        ),
+    ],
+)
+def test_map_style_lightning_resume_matches_the_uninterrupted_run(tmp_path, stop, at_epoch_end):
+    """The same checkpoint positions for map-style data; a save at train end once skipped the next epoch."""
+    path = write_jsonl(tmp_path / "qa.jsonl", qa_rows(10))
+    full = fit(path, tmp_path / "full", 8, streaming=False)
+    first = fit(path, tmp_path, stop, at_epoch_end=at_epoch_end, streaming=False)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["SFTDataModule"]
+    assert (state["epoch"], state["batches_done"]) == divmod(stop, 5)
+    resumed = fit(path, tmp_path, 8, str(tmp_path / "last.ckpt"), at_epoch_end, streaming=False)
     assert first + resumed == full
 
 
