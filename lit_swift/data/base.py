@@ -225,6 +225,23 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
             }
         return state
 
+    def _forget_finished_epoch_batches(self) -> None:
+        """Workaround for Lightning 2.6: resuming from a checkpoint saved after an epoch ended.
+
+        Such a checkpoint (`every_n_epochs`, or the `last` written at train end) keeps the finished
+        epoch's batch counters, and Lightning restores them into the next epoch: its data fetcher then
+        counts them as already fetched (`fetched += batch_progress.current.ready`) and ends that epoch
+        after one batch. When the saved epoch had finished, zero those counters in the checkpoint being
+        restored (the DataModule is restored before the loops, so the loops read the zeros).
+        """
+        loaded = getattr(getattr(self.trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None)
+        fit = ((loaded or {}).get("loops") or {}).get("fit_loop") or {}
+        epoch, batches = fit.get("epoch_progress", {}).get("current"), fit.get("epoch_loop.batch_progress")
+        if not epoch or not batches or epoch["completed"] != epoch["ready"]:
+            return  # mid-epoch (or on an epoch's last batch, which Lightning handles itself)
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
+
     def _running(self) -> bool:
         progress = self.trainer.fit_loop.epoch_progress.current
         return progress.started > progress.processed
@@ -248,6 +265,7 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = (state["epoch"], state["batches_done"])
+        self._forget_finished_epoch_batches()
         stream = state.get("stream")
         if self.streaming and stream is not None:
             if stream["seed"] != self.seed:
