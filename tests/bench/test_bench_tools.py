@@ -185,3 +185,36 @@ def test_markdown_table_and_model_shape(tmp_path):
         }
     )
     assert "| lit-sft-pad-fp32 | 200.0 | 250.0 | 33.3% |" in md and "EMULATED" in md
+
+
+def test_harness_mfu_reads_every_probe(tmp_path, monkeypatch, capsys):
+    """One FLOP count for every tool: 4 * 1e6 * 800 tokens = 3.2 GFLOP in 4 s against 8 GFLOP/s: 10 %."""
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("harness_mfu", BENCH / "harness_mfu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "matmul_peak", lambda n: {"fp32_gflops": 8.0, "bf16_gflops": 1.0})
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 10,
+                "intermediate_size": 20,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 1,
+                "num_key_value_heads": 1,
+                "vocab_size": 100,
+            }
+        )
+    )
+    (tmp_path / "metrics").mkdir()
+    for label in ("trl-sft-pack-r1", "lit-sft-pack-bf16-r1"):
+        (tmp_path / "metrics" / f"{label}-1.json").write_text(json.dumps({**PROBE, "label": label}))
+    assert module.main([str(tmp_path), "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    linear = module.model_shape(str(model))["linear_params"]
+    assert f"| trl-sft-pack-r1 | {4 * linear * 800 / 4 / 1e9 / 8.0:.1%} |" in out
+    assert f"| lit-sft-pack-bf16-r1 | {4 * linear * 800 / 4 / 1e9 / 1.0:.1%} |" in out  # bf16 peak
