@@ -22,7 +22,7 @@ from torch import Tensor
 
 NAME = "sdpa_varlen"
 
-_cache: tuple[weakref.ref | None, list[list[tuple[int, int]]] | None] = (None, None)
+_cache: tuple[weakref.ref | None, int, list[list[tuple[int, int]]] | None] = (None, -1, None)
 
 
 def segments(position_ids: Tensor) -> list[list[tuple[int, int]]]:
@@ -44,12 +44,17 @@ def segments(position_ids: Tensor) -> list[list[tuple[int, int]]]:
 
 def _row_segments(position_ids: Tensor, batch_size: int) -> list[list[tuple[int, int]]]:
     """`segments` of `position_ids` ([B, T] or [1, T] broadcast to `batch_size` rows), computed once
-    per forward: every layer gets the same tensor object."""
+    per forward: every layer gets the same tensor object (an in-place change bumps its version)."""
     global _cache
-    ref, spans = _cache
-    if ref is None or ref() is not position_ids or len(spans) != batch_size:
+    ref, version, spans = _cache
+    if (
+        ref is None
+        or ref() is not position_ids
+        or version != position_ids._version
+        or len(spans) != batch_size
+    ):
         spans = segments(position_ids.expand(batch_size, -1))
-        _cache = (weakref.ref(position_ids), spans)
+        _cache = (weakref.ref(position_ids), position_ids._version, spans)
     return spans
 
 

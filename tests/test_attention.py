@@ -79,3 +79,14 @@ def test_positions_not_reset_is_not_hidden(model, samples):
         second = _hidden(model, batch, attention.NAME)[len(samples[0]) :]
         alone = _hidden(model, collate_padded([samples[1]], 0), "sdpa")
     assert (second - alone).abs().max() > 1e-2
+
+
+def test_positions_changed_in_place_are_seen(model, samples):
+    batch = collate_packed([samples[:2]], pad_id=0)
+    with torch.no_grad():
+        packed = _hidden(model, batch, attention.NAME)
+        batch["position_ids"].copy_(
+            torch.arange(batch["input_ids"].shape[1])[None]
+        )  # same tensor, new values
+        merged = _hidden(model, batch, attention.NAME)
+    assert (merged[len(samples[0]) :] - packed[len(samples[0]) :]).abs().max() > 1e-2
