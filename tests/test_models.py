@@ -1,4 +1,7 @@
-"""Model resolution: the SmolLM2 alias materialises correctly, concurrently, and bad specs fail clearly."""
+"""Model resolution: the SmolLM2 alias materialises correctly, concurrently, and bad specs fail clearly.
+
+Tokenizers are loaded once per process (memoised by spec and folder state).
+"""
 
 from __future__ import annotations
 
@@ -79,3 +82,18 @@ def test_missing_path_and_gpu_only_switches_fail_clearly(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="flash"):
             models.check_attn_implementation("flash_attention_2")
+
+
+def test_load_tokenizer_is_shared_per_spec_and_folder_state(tmp_path, smollm2_dir):
+    first = models.load_tokenizer("smollm2-135m-instruct")
+    assert models.load_tokenizer("smollm2-135m-instruct") is first
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).write_bytes((Path(smollm2_dir) / name).read_bytes())
+    copied = models.load_tokenizer(str(folder))
+    assert copied is not first and models.load_tokenizer(str(folder)) is copied
+    template = folder / "chat_template.jinja"
+    template.write_text(template.read_text() + "\n")  # rewritten in place: loaded afresh
+    rewritten = models.load_tokenizer(str(folder))
+    assert rewritten is not copied and rewritten.chat_template.endswith("\n")
