@@ -1,4 +1,4 @@
-"""Shared test setup: offline hub, and session-scoped real SmolLM2 pieces (2 real layers)."""
+"""Shared test setup: offline hub, temp encoded-row cache, session-scoped SmolLM2 pieces (2 real layers)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from lit_swift import models  # noqa: E402
+from lit_swift.data import encode_cache  # noqa: E402
 
 SMOLLM2 = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_encoded_cache(tmp_path_factory):
+    """Encoded-row cache files of session- and module-scoped fixtures go to a temp folder, not ~/.cache.
+
+    Only the encoded rows move: the materialised model stays in `$LIT_SWIFT_CACHE/models`.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(encode_cache.FOLDER_ENV, str(tmp_path_factory.mktemp("encoded")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _encoded_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty encoded-row cache, so no test reads rows another test encoded."""
+    monkeypatch.setenv(encode_cache.FOLDER_ENV, str(tmp_path_factory.mktemp("encoded")))
 
 
 @pytest.fixture(scope="session")

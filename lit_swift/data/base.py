@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_swift import models
 from lit_swift.data import sources
+from lit_swift.data.encode_cache import EncodeCache
 from lit_swift.data.plan import Encoded, EpochPlanSampler, check_trainer, identity
 from lit_swift.data.stream import RowStream, StreamLoader, StreamPlan, Unit
 
@@ -29,8 +30,9 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
 
     A subclass names its canonical row `kind` (see `sources.load_mixture`), encodes one row in
     `_encode_one`, collates planning units in `_collate_units`, turns the training and validation rows
-    into its own items in `_prepare`, and serves map-style training batches from `_train_loader`
-    (through `_planned_loader`). The arguments are documented on each concrete DataModule, whose
+    into its own items in `_prepare` (through `plan.encode_all` with `self._encode_cache`, which reuses
+    an earlier run's encoding), and serves map-style training batches from `_train_loader` (through
+    `_planned_loader`). The arguments are documented on each concrete DataModule, whose
     signature is the CLI schema.
     """
 
@@ -53,6 +55,7 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
         on_bad_row: Literal["raise", "skip"],
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
+        encode_cache: bool = True,
     ):
         super().__init__()
         self.tokenizer_spec = tokenizer
@@ -61,8 +64,9 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
         self.val_split, self.columns = val_split, columns
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.shuffle, self.seed, self.num_workers, self.on_bad_row = shuffle, seed, num_workers, on_bad_row
-        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        self.streaming, self.shuffle_buffer, self.encode_cache = streaming, shuffle_buffer, encode_cache
         self.tokenizer: Any = None
+        self._encode_cache: EncodeCache | None = None
         self._ready = False
         self._resume: tuple[int, int] | None = None
         self._resume_rows: int | None = None
@@ -73,6 +77,9 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
         if self._ready:
             return  # Lightning calls setup once per stage; the data is read once
         self.tokenizer = models.load_tokenizer(self.tokenizer_spec)
+        if self.encode_cache and not self.streaming:
+            # fingerprinted before `_prepare`, which adds its own (non-setting) attributes
+            self._encode_cache = EncodeCache.create(type(self), vars(self), self.tokenizer)
         train, val = self._streaming_rows() if self.streaming else self._rows()
         self._prepare(train, val)
         self._ready = True

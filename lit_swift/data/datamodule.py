@@ -79,6 +79,8 @@ class SFTDataModule(PlannedDataModule):
             comes from `val_dataset`, read whole, since `val_split` is refused).
         shuffle_buffer: streaming only: units (samples, or packed rows) in the seeded shuffle buffer.
         packing_buffer: streaming only: samples bin-packed together (FFD within each buffer, not the file).
+        encode_cache: reuse rows encoded by an earlier run with the same data, tokenizer, template and
+            settings (`$LIT_SWIFT_CACHE/encoded`); false re-encodes every run. Streaming never uses it.
     """
 
     def __init__(
@@ -104,10 +106,11 @@ class SFTDataModule(PlannedDataModule):
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
         packing_buffer: int = 1000,
+        encode_cache: bool = True,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row, streaming, shuffle_buffer,
+            num_workers, on_bad_row, streaming, shuffle_buffer, encode_cache,
         )  # fmt: skip
         self.kind, self.template, self.system, self.loss_on = kind, template, system, loss_on
         self.max_length, self.truncation, self.packing = max_length, truncation, packing
@@ -124,7 +127,7 @@ class SFTDataModule(PlannedDataModule):
         self.val_samples = self._encode(val, "validation")
 
     def _encode(self, rows: list[tuple[Any, str]], split: str) -> list[EncodedSample]:
-        samples = encode_all(rows, self._encode_one, split)
+        samples = encode_all(rows, self._encode_one, split, self._encode_cache)
         if samples:
             rank_zero_info(f"{split}: {len(samples)} samples, {sum(map(len, samples))} tokens")
         return samples

@@ -1,7 +1,8 @@
 """DataModules for embedding (query/positive/hard-negative) and reranker ((query, document) group) training.
 
 Both read `EmbeddingRow`s, give every row a fixed number of hard negatives, and serve micro-batches
-planned per epoch by `EpochPlanSampler` (rank shards, seeded shuffle, exact mid-epoch resume).
+planned per epoch by `EpochPlanSampler` (rank shards, seeded shuffle, exact mid-epoch resume). Texts
+are tokenised per batch, in the collate, so `setup` encodes nothing and the encoded-row cache is off.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class EmbeddingDataModule(PlannedDataModule):
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row, streaming, shuffle_buffer,
+            num_workers, on_bad_row, streaming, shuffle_buffer, encode_cache=False,
         )  # fmt: skip
         self.num_negatives, self.max_length, self.append_eos = num_negatives, max_length, append_eos
         self.rows: dict[str, list[EmbeddingRow]] | None = None
@@ -204,7 +205,7 @@ class RerankerDataModule(PlannedDataModule):
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row, streaming, shuffle_buffer,
+            num_workers, on_bad_row, streaming, shuffle_buffer, encode_cache=False,
         )  # fmt: skip
         self.num_negatives, self.max_length = num_negatives, max_length
         self.rows: dict[str, list[EmbeddingRow]] | None = None

@@ -20,6 +20,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Sampler
 
+from lit_swift.data.encode_cache import EncodeCache
+
 U = TypeVar("U")
 
 
@@ -140,9 +142,22 @@ class Encoded(NamedTuple):
     note: str | None = None
 
 
-def encode_all(rows: Iterable[tuple], encode: Callable[..., Encoded], split: str) -> list:
-    """Every row's items in order (`encode(*row)` for each row), logging how many rows each note covers."""
-    items: list = []
+def encode_all(
+    rows: list[tuple], encode: Callable[..., Encoded], split: str, cache: EncodeCache | None = None
+) -> list:
+    """Every row's items in order (`encode(*row)` for each row), logging how many rows each note covers.
+
+    With a `cache`, a split encoded before from equal rows by an equal encoder is read back (its notes
+    logged as if encoded now), and a new encoding is stored; an encoding error stores nothing.
+    """
+    path = cache.path(rows, split) if cache is not None and rows else None
+    cached = cache.load(path) if path is not None else None
+    if cached is not None:
+        items, notes = cached
+        rank_zero_info(f"{split}: {len(rows)} rows encoded by an earlier run, read from {path}")
+        log_notes(notes, split)
+        return items
+    items = []
     notes: Counter[str] = Counter()
     for row in rows:
         out = encode(*row)
@@ -150,6 +165,8 @@ def encode_all(rows: Iterable[tuple], encode: Callable[..., Encoded], split: str
         if out.note:
             notes[out.note] += 1
     log_notes(notes, split)
+    if path is not None:
+        cache.store(path, items, notes)
     return items
 
 

@@ -122,6 +122,8 @@ class PreferenceDataModule(PlannedDataModule):
         streaming: read and encode the training rows lazily while training (see `SFTDataModule`); row ids
             are then record indices, so `precompute_ref` (which needs every row up front) is refused.
         shuffle_buffer: streaming only: rows in the seeded shuffle buffer.
+        encode_cache: reuse rows encoded by an earlier run with the same data, tokenizer, template and
+            settings (`$LIT_SWIFT_CACHE/encoded`); false re-encodes every run. Streaming never uses it.
     """
 
     kind = "preference"
@@ -147,10 +149,11 @@ class PreferenceDataModule(PlannedDataModule):
         on_bad_row: Literal["raise", "skip"] = "raise",
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
+        encode_cache: bool = True,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row, streaming, shuffle_buffer,
+            num_workers, on_bad_row, streaming, shuffle_buffer, encode_cache,
         )  # fmt: skip
         self.template, self.system, self.margin_column = template, system, margin_column
         self.max_length, self.truncation, self.packing = max_length, truncation, packing
@@ -193,7 +196,7 @@ class PreferenceDataModule(PlannedDataModule):
         return pieces[0] if pieces and num_targets(pieces[0]) > 0 else None
 
     def _encode(self, rows: list[tuple[Any, str, float]], split: str) -> list:
-        items = encode_all(rows, self._encode_one, split)
+        items = encode_all(rows, self._encode_one, split, self._encode_cache)
         if items:
             rank_zero_info(f"{split}: {len(items)} rows")
         return items

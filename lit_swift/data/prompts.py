@@ -79,6 +79,8 @@ class PromptDataModule(PlannedDataModule):
         streaming: read and encode the training prompts lazily while training (see `SFTDataModule`); row
             ids are then record indices.
         shuffle_buffer: streaming only: prompts in the seeded shuffle buffer.
+        encode_cache: reuse rows encoded by an earlier run with the same data, tokenizer, template and
+            settings (`$LIT_SWIFT_CACHE/encoded`); false re-encodes every run. Streaming never uses it.
     """
 
     kind = "prompt"
@@ -102,10 +104,11 @@ class PromptDataModule(PlannedDataModule):
         on_bad_row: Literal["raise", "skip"] = "raise",
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
+        encode_cache: bool = True,
     ):
         super().__init__(
             tokenizer, dataset, val_dataset, val_split, columns, batch_size, val_batch_size, shuffle, seed,
-            num_workers, on_bad_row, streaming, shuffle_buffer,
+            num_workers, on_bad_row, streaming, shuffle_buffer, encode_cache,
         )  # fmt: skip
         self.template, self.system = template, system
         self.max_prompt_length, self.truncation = max_prompt_length, truncation
@@ -118,7 +121,7 @@ class PromptDataModule(PlannedDataModule):
         self.val_prompts = self._encode(val, "validation")
 
     def _encode(self, rows: list[tuple[PromptRow, Any]], split: str) -> tuple[list[list[int]], list[dict]]:
-        prompts = encode_all(rows, self._encode_one, split)
+        prompts = encode_all(rows, self._encode_one, split, self._encode_cache)
         if split == "train" and rows and not prompts:
             raise ValueError(
                 f"every training prompt is longer than max_prompt_length {self.max_prompt_length}"
