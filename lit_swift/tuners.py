@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lit_swift import lora_groups
+
 TaskType = Literal["CAUSAL_LM", "FEATURE_EXTRACTION", "SEQ_CLS"]
 """What the objective puts on top of the model: LM head, pooled features, or a classification head."""
 
@@ -85,6 +87,9 @@ class LoRA(Tuner):
             (as a model with fused qkv/gate_up projections would). Each adapter still sees its input
             dropped with probability `dropout`; only the masks of siblings coincide. Random masks are
             a large part of a CPU LoRA step; False draws one per adapter, as peft does.
+        fuse_siblings: compute adapted siblings that read the same input (q/k/v, gate/up) as one
+            stacked base matmul plus one adapter pair (`lit_swift.lora_groups`): the same math, fewer and
+            larger matmuls. Needs `shared_dropout` (or no dropout) to apply.
     """
 
     def __init__(
@@ -98,8 +103,10 @@ class LoRA(Tuner):
         modules_to_save: list[str] | None = None,
         lora_plus_ratio: float | None = None,
         shared_dropout: bool = True,
+        fuse_siblings: bool = True,
     ):
         self.r, self.alpha, self.dropout, self.shared_dropout = r, alpha, dropout, shared_dropout
+        self.fuse_siblings = fuse_siblings
         self.target_modules, self.modules_to_save = target_modules, modules_to_save
         self.use_dora, self.use_rslora, self.lora_plus_ratio = use_dora, use_rslora, lora_plus_ratio
 
@@ -129,6 +136,10 @@ class LoRA(Tuner):
         if self.dropout > 0:
             use_input_dropout(model, shared=self.shared_dropout)
         use_fused_lora_forward(model)
+        if self.fuse_siblings:
+            from peft.tuners.lora import Linear
+
+            lora_groups.group_siblings(model, Linear, _fused_lora_forward, shares_input)
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -166,21 +177,36 @@ class QLoRA(LoRA):
         return super().apply(prepared, task_type)
 
 
+def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A bool mask shaped like `x` keeping each element with probability 1 - p', and 1 / (1 - p').
+
+    One 64-bit random number gives four 16-bit draws, a quarter of the generator calls of
+    `rand_like` (whose serial Mersenne Twister is most of a CPU dropout's cost); p' is p rounded to
+    a multiple of 2^-16 (0.05 -> 0.0500031), and the returned scale uses p', so the dropped tensor
+    stays unbiased.
+    """
+    cut = round(p * 65536)
+    if cut >= 65536:
+        return torch.zeros_like(x, dtype=torch.bool), 0.0
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device)
+    draws = words.random_(-(2**63), None).view(torch.int16)[: x.numel()].view(x.shape)
+    return draws >= cut - 32768, 65536 / (65536 - cut)
+
+
 class _MaskedScale(torch.autograd.Function):
-    """`x * mask` with `mask` 0 or 1/(1-p), from one `rand_like`; backward keeps only a bool mask."""
+    """`x * mask / (1 - p)` with a bool mask from `keep_mask`; backward keeps only the mask."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        scale = 1.0 / (1.0 - p)
-        mask = torch.rand_like(x).ge_(p).mul_(scale)  # 0 or 1/(1-p), in place
-        ctx.save_for_backward(mask.bool())  # 1 byte per element instead of 4
+        keep, scale = keep_mask(x, p)
+        ctx.save_for_backward(keep)  # 1 byte per element
         ctx.scale = scale
-        return x * mask
+        return torch.where(keep, x, 0.0).mul_(scale)  # where: no float copy of the mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
 
 
 class InputDropout(nn.Module):
@@ -213,6 +239,13 @@ class InputDropout(nn.Module):
         return f"p={self.p}, shared={self.shared}"
 
 
+def shares_input(dropout: nn.Module) -> bool:
+    """Whether a LoRA input dropout hands siblings the very same tensor (shared mask, or no dropout)."""
+    if isinstance(dropout, InputDropout):
+        return dropout.shared or dropout.p == 0
+    return isinstance(dropout, nn.Identity) or (isinstance(dropout, nn.Dropout) and dropout.p == 0)
+
+
 def use_input_dropout(model: nn.Module, shared: bool = True) -> int:
     """Swap peft's `nn.Dropout` on every LoRA adapter input for `InputDropout`; returns how many."""
     swapped = 0
@@ -229,7 +262,8 @@ def _fused_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
 
     peft computes `result + lora_B(lora_A(dropout(x))) * scaling`, three activation-sized tensors
     per adapted layer; here `result.addmm_(a, B^T, alpha=scaling)` writes into the base output (its
-    autograd node does not keep it). The same math and random draws; every other case (adapters
+    autograd node does not keep it). The base runs on the input flattened to 2-D rows, so that output is
+    not a view: an in-place op on a view would make autograd copy the whole gradient (`CopySlices`). The same math and random draws; every other case (adapters
     disabled or merged, several adapters, DoRA, autocast, extra arguments) takes peft's own forward.
     """
     names = self.active_adapters
@@ -247,14 +281,17 @@ def _fused_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     ):
         return type(self).forward(self, x, *args, **kwargs)
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-    result = self.base_layer(x)
-    a = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype)))  # [..., r]
-    if result.dtype != a.dtype:
-        return result + lora_b(a).to(result.dtype) * self.scaling[name]
-    result.view(-1, result.shape[-1]).addmm_(
-        a.reshape(-1, a.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name]
+    rows = x.reshape(-1, x.shape[-1])  # 2-D: the in-place addmm below then hits a base tensor, not a view
+    result = self.base_layer(rows)
+    # the dropout sees `x` itself: its shared mask is keyed by the input tensor that siblings also get
+    a = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype))).reshape(
+        rows.shape[0], -1
     )
-    return result
+    if result.dtype != a.dtype:
+        result = result + lora_b(a).to(result.dtype) * self.scaling[name]
+    else:
+        result.addmm_(a, lora_b.weight.t(), alpha=self.scaling[name])
+    return result.view(*x.shape[:-1], result.shape[-1])
 
 
 def use_fused_lora_forward(model: nn.Module) -> int:
@@ -299,6 +336,7 @@ def load_adapter(model: nn.Module, folder: str) -> nn.Module:
 
 def merge(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights and return the plain transformers model."""
+    lora_groups.release_groups(model)  # each weight its own storage again (safetensors refuses shared ones)
     return model.merge_and_unload() if is_peft(model) else model
 
 

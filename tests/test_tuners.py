@@ -150,8 +150,22 @@ def test_input_dropout_statistics_and_gradient():
     assert drop.eval()(x) is x
 
 
+def test_keep_mask_quantises_p_to_16_bits_and_scales_by_what_it_kept():
+    x = torch.empty(1000, 999)  # an odd size: the 64-bit draws are cut to the element count
+    keep, scale = tuners.keep_mask(x, 0.05)
+    assert keep.shape == x.shape and keep.dtype == torch.bool
+    cut = round(0.05 * 65536)
+    assert scale == 65536 / (65536 - cut)  # p' = 3277 / 65536, so E[x * keep * scale] = x exactly
+    assert abs((~keep).float().mean().item() - cut / 65536) < 0.002
+    assert not torch.equal(keep, tuners.keep_mask(x, 0.05)[0])  # fresh draws each call
+    assert tuners.keep_mask(x, 0.0)[0].all() and tuners.keep_mask(x, 0.0)[1] == 1.0
+    dropped, scale = tuners.keep_mask(x, 1.0)
+    assert not dropped.any() and scale == 0.0
+
+
 def _adapter_inputs(tuner: tuners.LoRA) -> dict[str, torch.Tensor]:
-    """The dropped input each LoRA A matrix of layer 0 sees in one training forward."""
+    """The dropped input each LoRA A matrix of layer 0 sees in one training forward (hooks on `lora_A`
+    fire only for members run one by one, so pass `fuse_siblings=False`)."""
     model = tuner.apply(tiny_llama()).train()
     seen = {}
 
@@ -170,7 +184,7 @@ def _adapter_inputs(tuner: tuners.LoRA) -> dict[str, torch.Tensor]:
 
 
 def test_shared_dropout_draws_one_mask_per_input():
-    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5))
+    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5, fuse_siblings=False))
     assert seen["q_proj"] is seen["k_proj"] is seen["v_proj"]
     assert seen["gate_proj"] is seen["up_proj"]
     zeros = {name: (x == 0) for name, x in seen.items()}
@@ -179,7 +193,7 @@ def test_shared_dropout_draws_one_mask_per_input():
 
 
 def test_unshared_dropout_draws_one_mask_per_adapter():
-    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5, shared_dropout=False))
+    seen = _adapter_inputs(tuners.LoRA(r=4, dropout=0.5, shared_dropout=False, fuse_siblings=False))
     assert not torch.equal(seen["q_proj"] == 0, seen["k_proj"] == 0)
 
 

@@ -80,7 +80,9 @@ def test_unmerged_export_is_a_peft_folder(lora_folder, tmp_path):
     out = export(str(folder), str(tmp_path / "adapter"), config_overrides=TWO_LAYERS)
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     assert (out / "tokenizer.json").exists()
-    torch.testing.assert_close(logits(adapter_model(out)), expected, atol=1e-5, rtol=0)
+    # `expected` came from grouped q/k/v and gate/up matmuls (lit_swift.lora_groups), peft runs them one by
+    # one: float32 rounding of logits up to ~70 differs by a few ulps (equal in float64)
+    torch.testing.assert_close(logits(adapter_model(out)), expected, atol=1e-4, rtol=0)
 
 
 def test_bfloat16_export(lora_folder, tmp_path):
