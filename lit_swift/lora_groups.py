@@ -1,23 +1,22 @@
-"""LoRA siblings that read the same input (q/k/v; gate/up) computed as one base matmul and one adapter pair.
+"""LoRA siblings that read the same input (q/k/v; gate/up) run their adapters as one group.
 
-In a LoRA step on CPU, each adapted projection costs a large frozen matmul plus two skinny rank-r
-matmuls, an in-place add and their backward, each re-reading the activation. Siblings that take the
-same input can share all of it: their frozen weights are stacked into one `[sum(out), in]` tensor
-(the members' weights become views of it, so no memory is added), their A matrices are stacked
-into one `[sum(r), in]` matmul on the (shared-dropout) input, and their B matrices, scaled, form one
-block-diagonal `[sum(out), sum(r)]` matmul added in place; each member returns its column slice.
-Backward then does one input-gradient matmul per group instead of one per member.
+In a CPU LoRA step each adapted projection adds two skinny rank-r matmuls, an in-place add and their
+backward to its frozen matmul, each re-reading the activation. Siblings that take the same input (and,
+with `shared_dropout`, the same dropped input) can share the first half: their A matrices are stacked
+into one `[sum(r), in]` matmul on that input, whose output columns each member's B then adds in place to
+that member's own frozen output. Backward likewise does one input-gradient matmul for the A's and adds
+one gradient into the input instead of one per member. Frozen weights are not touched (no copies, so
+no memory is added, and sharded or quantised weights work as before).
 
 The math and the dropout draws are those of the members run one by one (`tests/test_lora_groups.py`).
-The stacking happens at the first forward, after Lightning has moved the model to its device, and
-is redone once if the weights are moved again (`.to()` replaces them); weights that another system
-manages (FSDP, DeepSpeed ZeRO-3, trainable base weights) turn the group off for good, and the
-members then run as before. Forward hooks on `lora_A`/`lora_B` modules do not fire for grouped
-members (their weights are used directly).
+Forward hooks on `lora_A`/`lora_B` modules do not fire for grouped members (their weights are used
+directly); anything unusual in a call (several or disabled-then-merged adapters, DoRA, autocast, extra
+arguments) runs the members one by one.
 """
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -31,48 +30,43 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class SiblingGroup:
-    """Adapted projections of one parent that take the same input, computed together.
+    """Adapted projections of one parent that take the same input, their adapters computed together.
 
     Args:
-        members: peft `lora.Linear` layers, in output order.
+        members: peft `lora.Linear` layers.
         adapter: the one adapter name they all carry.
-        single: the members' own forward, used whenever the group cannot serve a call.
+        single: the members' own forward, `single(member, x, *args, **kwargs)`, used whenever the group
+            cannot serve a call.
     """
-
-    max_restacks = 1
-    """How often the weights may be re-stacked after being replaced (one device or dtype move)."""
 
     def __init__(self, members: list[nn.Module], adapter: str, single: Callable[..., Tensor]):
         self.members, self.adapter, self.single = members, adapter, single
-        self.sizes = [m.base_layer.out_features for m in members]
-        self.stacked: Tensor | None = None
-        self.restacks = 0
-        self.enabled = True
-        self._input: tuple[Any, int] | None = None  # (weakref to the input, its version)
-        self._pending: dict[int, Tensor] = {}
+        self._input: tuple[Any, int, bool] | None = None  # (weakref to the input, its version, adapters off)
+        self._pending: dict[int, Tensor] = {}  # outputs computed for that input, not yet taken
 
     def __call__(self, index: int, x: Tensor) -> Tensor:
-        """Member `index`'s output for input `x`."""
+        """Member `index`'s output for input `x` (computed with its siblings' on the first call)."""
+        if not self._usable(x):  # (also drops outputs computed in another mode, e.g. outside autocast)
+            self._pending, self._input = {}, None
+            return self.single(self.members[index], x)
         if self._input is not None and index in self._pending:
-            ref, version = self._input
-            if ref() is x and x._version == version:
+            ref, version, off = self._input
+            if ref() is x and x._version == version and off == self._adapters_off():
                 out = self._pending.pop(index)
                 if not self._pending:
                     self._input = None
                 return out
-        if not (self.enabled and self._usable(x) and self._stack()):
-            return self.single(self.members[index], x)
         outs = self._compute(x)
         self._pending = {i: out for i, out in enumerate(outs) if i != index}
-        self._input = (weakref.ref(x), x._version)
+        self._input = (weakref.ref(x), x._version, self._adapters_off()) if self._pending else None
         return outs[index]
 
-    # ----- conditions -----
+    def _adapters_off(self) -> bool:
+        return any(m.disable_adapters for m in self.members)
+
     def _usable(self, x: Tensor) -> bool:
         name = self.adapter
-        if torch.is_autocast_enabled(x.device.type):
-            return False
-        return all(
+        return not torch.is_autocast_enabled(x.device.type) and all(
             list(m.active_adapters) == [name]
             and not m.merged
             and name in m.lora_A
@@ -80,73 +74,30 @@ class SiblingGroup:
             for m in self.members
         )
 
-    def _stack(self) -> bool:
-        """Make the members' weights views of one stacked tensor; False when that is not possible."""
-        weights = [m.base_layer.weight for m in self.members]
-        if self.stacked is not None and _views_of(weights, self.stacked):
-            return True
-        managed = any(
-            type(w.data) is not torch.Tensor or hasattr(w, "ds_id") or w.requires_grad or w.is_meta
-            for w in weights
-        )
-        moved = self.stacked is not None and self.restacks >= self.max_restacks
-        if managed or moved or len({(w.device, w.dtype) for w in weights}) > 1:
-            self.enabled = False  # another system owns these weights: members run one by one from now on
-            return False
-        if self.stacked is not None:
-            self.restacks += 1
-        with torch.no_grad():
-            self.stacked = torch.cat([w.detach() for w in weights])
-        for w, view in zip(weights, self.stacked.split(self.sizes), strict=True):
-            w.data = view
-        return True
-
-    # ----- math -----
     def _compute(self, x: Tensor) -> list[Tensor]:
         members, name = self.members, self.adapter
-        biases = [m.base_layer.bias for m in members]
-        bias = None if biases[0] is None else torch.cat(biases)
-        rows = x.reshape(-1, x.shape[-1])  # 2-D, so the in-place add below is on a base tensor, not a view
-        out = F.linear(rows, self.stacked, bias)  # [rows, sum(out)]
-        if not any(m.disable_adapters for m in members):
+        rows = x.reshape(-1, x.shape[-1])  # 2-D: the in-place adds below then hit base tensors, not views
+        outs = [m.base_layer(rows) for m in members]  # [rows, out_i] each
+        if not self._adapters_off():
             first = members[0]
             a_weight = torch.cat([m.lora_A[name].weight for m in members])  # [sum(r), in]
             dropped = first.lora_dropout[name](first._cast_input_dtype(x, a_weight.dtype))  # shared mask
-            a = F.linear(dropped.reshape(rows.shape), a_weight)  # [rows, sum(r)]
-            b_weight = torch.block_diag(*(m.lora_B[name].weight * m.scaling[name] for m in members))
-            if out.dtype == a.dtype:
-                out.addmm_(a, b_weight.t())
-            else:
-                out = out + F.linear(a, b_weight).to(out.dtype)
-        return list(out.view(*x.shape[:-1], out.shape[-1]).split(self.sizes, dim=-1))
-
-    def release(self) -> None:
-        """Give every member its own weight storage again and stop grouping (before merging or saving)."""
-        self.enabled, self._pending, self._input = False, {}, None
-        if self.stacked is not None:
-            for m in self.members:
-                m.base_layer.weight.data = m.base_layer.weight.data.clone()
-            self.stacked = None
-
-
-def _views_of(weights: list[Tensor], stacked: Tensor) -> bool:
-    """Whether `weights` still sit, in order, in `stacked`'s storage (a `.to()` or FSDP replaces them)."""
-    offset = 0
-    for w in weights:
-        if (
-            w.device != stacked.device
-            or w.dtype != stacked.dtype
-            or w.untyped_storage().data_ptr() != stacked.untyped_storage().data_ptr()
-            or w.storage_offset() != offset
-        ):
-            return False
-        offset += w.numel()
-    return True
+            a = F.linear(dropped.reshape(rows.shape[0], -1), a_weight)  # [rows, sum(r)]
+            start = 0
+            for i, m in enumerate(members):
+                b = m.lora_B[name].weight  # [out_i, r_i]
+                part = a[:, start : start + b.shape[1]]
+                start += b.shape[1]
+                if outs[i].dtype == a.dtype:
+                    outs[i].addmm_(part, b.t(), alpha=m.scaling[name])
+                else:
+                    outs[i] = outs[i] + (F.linear(part, b) * m.scaling[name]).to(outs[i].dtype)
+        return [out.view(*x.shape[:-1], out.shape[-1]) for out in outs]
 
 
 def _member_forward(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     group, index = self._lit_sibling_group
-    if args or kwargs:
+    if args or kwargs or torch.compiler.is_compiling():  # compiled graphs trace the members one by one
         return group.single(self, x, *args, **kwargs)
     return group(index, x)
 
@@ -166,8 +117,6 @@ def group_siblings(
         shared_input: whether a member's dropout gives every sibling the very same dropped input
             (a shared-mask dropout, or none); siblings whose dropouts draw separately are not grouped.
     """
-    import types
-
     groups = 0
     for parent in model.modules():
         for names in SIBLINGS:
@@ -184,7 +133,6 @@ def group_siblings(
                 or any(m.lora_B[name].bias is not None or name in m.lora_variant for m in members)
                 or len({getattr(d, "p", 0.0) for d in drops}) != 1
                 or not all(shared_input(d) for d in drops)
-                or len({m.base_layer.bias is None for m in members}) != 1
             ):
                 continue
             group = SiblingGroup(members, name, single)
@@ -193,14 +141,3 @@ def group_siblings(
                 m.forward = types.MethodType(_member_forward, m)
             groups += 1
     return groups
-
-
-def release_groups(model: nn.Module) -> int:
-    """Undo `group_siblings`' weight sharing on every group of `model` (members run one by one after)."""
-    released = set()
-    for module in model.modules():
-        group = getattr(module, "_lit_sibling_group", (None,))[0]
-        if group is not None and id(group) not in released:
-            group.release()
-            released.add(id(group))
-    return len(released)

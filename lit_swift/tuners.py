@@ -87,9 +87,9 @@ class LoRA(Tuner):
             (as a model with fused qkv/gate_up projections would). Each adapter still sees its input
             dropped with probability `dropout`; only the masks of siblings coincide. Random masks are
             a large part of a CPU LoRA step; False draws one per adapter, as peft does.
-        fuse_siblings: compute adapted siblings that read the same input (q/k/v, gate/up) as one
-            stacked base matmul plus one adapter pair (`lit_swift.lora_groups`): the same math, fewer and
-            larger matmuls. Needs `shared_dropout` (or no dropout) to apply.
+        fuse_siblings: adapted siblings that read the same input (q/k/v, gate/up) run their A matrices as
+            one matmul on that input (`lit_swift.lora_groups`): the same math and draws, fewer skinny
+            matmuls and gradient adds. Needs `shared_dropout` (or no dropout) to apply.
     """
 
     def __init__(
@@ -336,7 +336,6 @@ def load_adapter(model: nn.Module, folder: str) -> nn.Module:
 
 def merge(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights and return the plain transformers model."""
-    lora_groups.release_groups(model)  # each weight its own storage again (safetensors refuses shared ones)
     return model.merge_and_unload() if is_peft(model) else model
 
 
