@@ -262,9 +262,10 @@ def _fused_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
 
     peft computes `result + lora_B(lora_A(dropout(x))) * scaling`, three activation-sized tensors
     per adapted layer; here `result.addmm_(a, B^T, alpha=scaling)` writes into the base output (its
-    autograd node does not keep it). The base runs on the input flattened to 2-D rows, so that output is
-    not a view: an in-place op on a view would make autograd copy the whole gradient (`CopySlices`). The same math and random draws; every other case (adapters
-    disabled or merged, several adapters, DoRA, autocast, extra arguments) takes peft's own forward.
+    autograd node does not keep it). The base runs on the input flattened to 2-D rows, so that output
+    is not a view: an in-place op on a view would make autograd copy the whole gradient (`CopySlices`).
+    The same math and random draws; every other case (adapters disabled or merged, several adapters,
+    DoRA, autocast, extra arguments) takes peft's own forward.
     """
     names = self.active_adapters
     name = names[0] if len(names) == 1 else None
