@@ -88,11 +88,16 @@ class SiblingGroup:
                 b = m.lora_B[name].weight  # [out_i, r_i]
                 part = a[:, start : start + b.shape[1]]
                 start += b.shape[1]
-                if outs[i].dtype == a.dtype:
-                    outs[i].addmm_(part, b.t(), alpha=m.scaling[name])
-                else:
-                    outs[i] = outs[i] + (F.linear(part, b) * m.scaling[name]).to(outs[i].dtype)
+                outs[i] = add_update(outs[i], part, b, m.scaling[name])
         return [out.view(*x.shape[:-1], out.shape[-1]) for out in outs]
+
+
+def add_update(out: Tensor, a: Tensor, b_weight: Tensor, scaling: float) -> Tensor:
+    """`out + scaling * a @ b_weight^T`: in place when the dtypes agree (then `out` must not be a view,
+    or autograd would copy its whole gradient), else cast to `out`'s dtype (bf16 base, fp32 adapters)."""
+    if out.dtype == a.dtype:
+        return out.addmm_(a, b_weight.t(), alpha=scaling)
+    return out + (F.linear(a, b_weight) * scaling).to(out.dtype)
 
 
 def _member_forward(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:

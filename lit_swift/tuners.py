@@ -288,10 +288,7 @@ def _fused_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     a = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype))).reshape(
         rows.shape[0], -1
     )
-    if result.dtype != a.dtype:
-        result = result + lora_b(a).to(result.dtype) * self.scaling[name]
-    else:
-        result.addmm_(a, lora_b.weight.t(), alpha=self.scaling[name])
+    result = lora_groups.add_update(result, a, lora_b.weight, self.scaling[name])
     return result.view(*x.shape[:-1], result.shape[-1])
 
 
