@@ -1,0 +1,1 @@
+"""Rollout engines for online RL: generate completions over token ids (see `engine.py`)."""
