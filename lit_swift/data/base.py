@@ -87,7 +87,7 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
     def _rows(self) -> tuple[list, list]:
         train = self._read(self.dataset)
         if self.val_dataset:
-            return train, self._read(self.val_dataset)
+            return train, self._read(self.val_dataset, "validation")
         return sources.split_validation(train, self.val_split, self.seed)
 
     def _streaming_rows(self) -> tuple[list, list]:
@@ -101,7 +101,7 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         for spec in self._specs(self.dataset):
             sources.iter_records(spec)  # raises now for a missing file or an unsupported type
-        return [], self._read(self.val_dataset) if self.val_dataset else []
+        return [], self._read(self.val_dataset, "validation") if self.val_dataset else []
 
     @abc.abstractmethod
     def _prepare(self, train: list, val: list) -> None:
@@ -125,12 +125,21 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
     def _specs(self, paths: list[str]) -> list[sources.DatasetSpec]:
         return [sources.DatasetSpec(p, columns=self.columns) for p in paths]
 
-    def _read(self, paths: list[str]) -> list[tuple[Any, Any]]:
+    def _read(self, paths: list[str], split: str = "training") -> list[tuple[Any, Any]]:
+        """Every row of `paths`; a ValueError when none is left, so no run trains (or validates) on nothing."""
         rows, report = sources.load_mixture(
             self._specs(paths), self.kind, on_bad_row=self.on_bad_row, seed=self.seed
         )
         if report.num_skipped:
             rank_zero_info(report.summary())
+        if not rows:
+            if report.num_read == 0:
+                fix = "the file has no rows; give a file that has some"
+            else:
+                fix = f"every row was skipped, e.g. {report.problems[0]}; fix the rows or map columns with `columns`"
+            raise ValueError(
+                f"{', '.join(paths)}: no {split} rows of kind {self.kind!r}: {report.reasons()} ({fix})"
+            )
         return rows
 
     # ----- loaders -----
@@ -161,6 +170,11 @@ class PlannedDataModule(L.LightningDataModule, abc.ABC):
         """
         if self.trainer is not None:
             check_trainer(self.trainer)
+        if train and not units:
+            raise ValueError(
+                f"{', '.join(self.dataset)}: no training sample is left after encoding (every row was cut by "
+                "the length policy; raise max_length or use truncation: right/left)"
+            )
         accumulate, world_size, rank = self._layout(train)
         sampler = EpochPlanSampler(
             units, targets, batch_size, self.shuffle and train, self.seed, accumulate, world_size, rank

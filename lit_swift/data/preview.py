@@ -119,3 +119,26 @@ def _problems(problems: list[str]) -> list[str]:
         return []
     more = [f"... and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
     return [f"--- {len(problems)} problem row(s)", *problems[:MAX_PROBLEMS], *more]
+
+
+def preview_command(
+    model: str,
+    dataset: str,
+    num_rows: int = 3,
+    template: str | None = None,
+    system: str | None = None,
+    loss_on: LossOn = "assistant",
+    max_length: int = 2048,
+) -> None:
+    """Print how a chat dataset is encoded: the first rows with their trained text marked, then statistics.
+
+    Args:
+        model: model spec whose tokenizer encodes the data (built-in alias, local folder or hub id).
+        dataset: path to a jsonl file of chat rows (`messages`, ShareGPT, Alpaca, ... one JSON per line).
+        num_rows: how many rows to show.
+        template: named chat template, or None for the tokenizer's own.
+        system: system prompt for rows that have none (None keeps the template's default).
+        loss_on: which turns are trained: `assistant`, `last_assistant` or `all`.
+        max_length: longest sample training will keep; longer rows are counted and the cut is shown.
+    """
+    print(preview(model, dataset, num_rows, template, system, loss_on, max_length))

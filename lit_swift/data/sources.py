@@ -140,10 +140,24 @@ class LoadReport:
         return text
 
     def error(self) -> str:
+        """`file:line: reason (fix)` of the first bad row; the others (up to `MAX_LISTED`) on the next lines."""
+        fix = f"fix the row, map its columns with `columns`, or set on_bad_row: skip; kind {self.kind!r}"
+        if self.num_skipped == 1:
+            return f"{self.problems[0]} ({fix})"
         more = self.num_skipped - len(self.problems)
-        lines = [f"  {p}" for p in self.problems] + ([f"  ... and {more} more"] if more > 0 else [])
-        fix = "fix them, map columns with `columns`, or set on_bad_row='skip'"
-        return "\n".join([f"{self.num_skipped} bad rows for kind {self.kind!r} ({fix}):", *lines])
+        lines = [f"  {p}" for p in self.problems[1:]] + ([f"  ... and {more} more"] if more > 0 else [])
+        head = f"{self.problems[0]} ({fix}); {self.num_skipped} bad rows in all:"
+        return "\n".join([head, *lines])
+
+    def reasons(self) -> str:
+        """Rows read and kept, and the skipped ones by reason: `read 3, kept 0 (bad_json 2, no_format 1)`."""
+        counts = ", ".join(f"{code} {n}" for code, n in self.skipped.most_common())
+        return f"read {self.num_read}, kept {self.num_kept}" + (f" ({counts})" if counts else "")
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """The reason after `file:line:`; the column counts within that line (1-based)."""
+    return f"invalid JSON at column {e.colno}: {e.msg}"
 
 
 def _record(obj: Any, source: str, line: int) -> RawRow | BadRecord:
@@ -160,9 +174,9 @@ def _iter_jsonl(path: str) -> Iterator[RawRow | BadRecord]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text.rstrip("\r\n"))  # so a truncated line errs at its own end
             except json.JSONDecodeError as e:
-                yield BadRecord(Provenance(path, line), f"invalid JSON: {e}", "bad_json")
+                yield BadRecord(Provenance(path, line), json_error(e), "bad_json")
                 continue
             yield _record(obj, path, line)
 
@@ -181,7 +195,7 @@ def _iter_json(path: str) -> Iterator[RawRow | BadRecord]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield BadRecord(Provenance(path, e.lineno), f"invalid JSON: {e}", "bad_json")
+            yield BadRecord(Provenance(path, e.lineno), json_error(e), "bad_json")
             return
         line, counted = line + text.count("\n", counted, pos), pos
         yield _record(obj, path, line)

@@ -43,7 +43,7 @@ def test_jsonl_malformed_lines_are_all_listed(tmp_path):
     with pytest.raises(ValueError) as info:
         load_raw(DatasetSpec(path))
     msg = str(info.value)
-    assert f"{path}:2: invalid JSON: Expecting property name enclosed in double quotes" in msg
+    assert f"{path}:2: invalid JSON at column 15: Expecting property name enclosed in double quotes" in msg
     assert f"{path}:4: expected a JSON object, got list" in msg
 
 
@@ -57,7 +57,7 @@ def test_json_array_element_lines(tmp_path):
 def test_json_array_errors_and_json_lines_in_json(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[\n  {"query": "q0"},\n  {"query": oops}\n]')
-    with pytest.raises(ValueError, match=r"bad.json:3: invalid JSON: Expecting value"):
+    with pytest.raises(ValueError, match=r"bad.json:3: invalid JSON at column 13: Expecting value"):
         load_raw(DatasetSpec(str(bad)))
     lines = tmp_path / "lines.json"
     write_jsonl(lines, [qa(0), qa(1)])
@@ -151,7 +151,9 @@ def test_mixture_raise_lists_every_problem_once(tmp_path):
     with pytest.raises(ValueError) as info:
         load_mixture([DatasetSpec(a), DatasetSpec(b)], "chat")
     msg = str(info.value)
-    assert msg.startswith("3 bad rows for kind 'chat'")
+    head = msg.splitlines()[0]  # `file:line: reason (fix)` of the first, then one line per other row
+    assert head.startswith(f"{a}:3: invalid JSON at column 2:") and "(fix the row" in head
+    assert head.endswith("kind 'chat'); 3 bad rows in all:") and len(msg.splitlines()) == 3
     assert f"{a}:2: chat row must end with an assistant turn" in msg
     assert f"{a}:3: invalid JSON" in msg
     assert f"{b}:1: row has none of the columns of a known chat format: keys ['foo']" in msg

@@ -272,7 +272,7 @@ def test_bad_row_raises_when_the_stream_reaches_it(tmp_path):
     dm = sft(path, streaming=True)  # setup does not read the file, so it cannot see the bad row
     batches = iter(dm.train_dataloader())
     assert len([next(batches) for _ in range(6)]) == 6  # rows 1-24
-    with pytest.raises(ValueError, match=r"qa.jsonl:26: invalid JSON: Expecting"):
+    with pytest.raises(ValueError, match=r"qa.jsonl:26: invalid JSON at column 20: Expecting"):
         next(batches)
 
 
