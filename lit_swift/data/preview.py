@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from itertools import groupby
 
 from lit_swift import models
-from lit_swift.data import rows
+from lit_swift.data import sources
 from lit_swift.data.template import ChatEncoder, LossOn
 from lit_swift.types import IGNORE_INDEX, ChatRow, EncodedSample
 
@@ -35,7 +34,7 @@ def preview(
 
     Args:
         model: model spec whose tokenizer encodes the data (built-in alias, local folder or hub id).
-        dataset: path to a jsonl file of chat rows (`messages`, ShareGPT, Alpaca, ... one JSON per line).
+        dataset: a file of chat rows (`messages`, ShareGPT, Alpaca, ...): .jsonl, .json, .csv or .parquet.
         num_rows: how many rows to show.
         template: named chat template, or None for the tokenizer's own.
         system: system prompt for rows that have none (None keeps the template's default).
@@ -76,16 +75,16 @@ def preview(
 
 
 def read_chat_rows(path: str) -> Iterator[tuple[str, ChatRow | Exception]]:
-    """(`file:line`, chat row or the reason it is not one) for each non-empty line of a jsonl file."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                yield where, rows.to_canonical(json.loads(line), "chat")
-            except ValueError as err:  # bad JSON (JSONDecodeError) or a row that is not a chat (RowError)
-                yield where, err
+    """(`file:line`, chat row or the reason it is not one) for each record of a dataset file.
+
+    Read as training reads it (`lit_swift.data.sources`): .jsonl, .json, .csv, .parquet, `path#N`.
+    """
+    for item in sources.iter_records(sources.DatasetSpec(path)):
+        result = sources.normalise(item, "chat", None)
+        if isinstance(result, sources.BadRecord):
+            yield str(result.where), ValueError(result.reason)
+        else:
+            yield str(result[1]), result[0]
 
 
 def mark_trained(tokenizer, sample: EncodedSample, marks: tuple[str, str], max_length: int) -> str:
@@ -134,7 +133,7 @@ def preview_command(
 
     Args:
         model: model spec whose tokenizer encodes the data (built-in alias, local folder or hub id).
-        dataset: path to a jsonl file of chat rows (`messages`, ShareGPT, Alpaca, ... one JSON per line).
+        dataset: a file of chat rows (`messages`, ShareGPT, Alpaca, ...): .jsonl, .json, .csv or .parquet.
         num_rows: how many rows to show.
         template: named chat template, or None for the tokenizer's own.
         system: system prompt for rows that have none (None keeps the template's default).

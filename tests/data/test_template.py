@@ -434,7 +434,7 @@ def test_preview(tmp_path):
         "rows longer than max_length 20: 1",
         "--- 2 problem row(s)",
         f"{path}:3: chat row must end with an assistant turn, not 'user'",
-        f"{path}:4: Expecting value: line 1 column 1 (char 0)",
+        f"{path}:4: invalid JSON at column 1: Expecting value",
     ]
 
 
