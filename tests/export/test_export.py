@@ -104,7 +104,7 @@ def test_export_from_lightning_checkpoint_via_cli(fit_run, tmp_path):
 
     ckpt = fit_run / "checkpoints" / "last.ckpt"
     out = tmp_path / "merged"
-    main(["export", str(ckpt), "--merge_lora", "true", "--output_dir", str(out)])
+    main(["export", "--checkpoint", str(ckpt), "--merge_lora", "true", "--output_dir", str(out)])
     merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert merged.config.num_hidden_layers == 2  # the run's config_overrides travel with the export
     expected = logits(adapter_model(fit_run / "checkpoints" / "last.hf"))
