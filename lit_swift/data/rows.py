@@ -36,16 +36,18 @@ _SHAREGPT = _ROLES | {
 _FORMAT_KEYS = {
     "messages": {"messages", "system", "tools"},
     "sharegpt": {"conversations", "system", "tools"},
+    "sharegpt_pairs": {"conversation", "system", "tools"},
     "alpaca": {"instruction", "input", "output", "system", "history", "tools"},
     "query": {"query", "response", "system", "history", "tools"},
     "prompt": {"prompt", "completion", "system", "tools"},
 }
 _EXPECTED = {
-    "chat": "messages | conversations | instruction+output | query+response | prompt+completion",
+    "chat": "messages | conversations | conversation | instruction+output | query+response | prompt+completion",
     "text": "text | content",
-    "preference": "<chat columns>+rejected_response | <prompt columns>+chosen+rejected | chosen+rejected",
+    "preference": "<chat columns>+rejected_response | messages+rejected_messages | <prompt columns>+chosen+rejected"
+    " | chosen+rejected",
     "kto": "<chat columns>+label | prompt+completion+label",
-    "prompt": "messages | conversations | instruction | query | prompt",
+    "prompt": "messages | conversations | conversation | instruction | query | prompt",
     "embedding": "query|anchor + positive|response [+ negatives|negative] [+ score|label]",
 }
 
@@ -200,6 +202,18 @@ def _messages(turns: Any, field: str, roles: dict[str, str] = _ROLES) -> list[Me
     return out
 
 
+def _pairs(turns: Any) -> list[Message]:
+    """ms-swift's ShareGPT form: `[{"human": query, "assistant": response}, ...]`; the last may lack a response."""
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"'conversation' must be a non-empty list of turns, got {_tname(turns)}", "bad_type")
+    out: list[Message] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("human"), str):
+            raise RowError(f"conversation[{i}] must be an object with a 'human' string", "bad_type")
+        out += _text_turn(turn, "human", "user") + _text_turn(turn, "assistant", "assistant")
+    return out
+
+
 def _history(raw: dict[str, Any]) -> list[Message]:
     history = raw.get("history") or []
     if not isinstance(history, list):
@@ -227,6 +241,8 @@ def _conversation(raw: dict[str, Any], kind: str) -> tuple[list[Message], list[d
         msgs, fmt = _messages(raw["messages"], "messages"), "messages"
     elif _has(raw, "conversations"):
         msgs, fmt = _messages(raw["conversations"], "conversations", _SHAREGPT), "sharegpt"
+    elif _has(raw, "conversation"):
+        msgs, fmt = _pairs(raw["conversation"]), "sharegpt_pairs"
     elif _has(raw, "instruction"):
         parts = [_text_turn(raw, k, "user") for k in ("instruction", "input")]
         query = "\n".join(p[0]["content"] for p in parts if p and p[0]["content"])
@@ -317,7 +333,17 @@ def _text(raw: dict[str, Any]) -> TextRow:
 
 
 def _preference(raw: dict[str, Any]) -> PreferenceRow:
-    if _has(raw, "rejected_response"):
+    if _has(raw, "rejected_messages"):  # the whole rejected conversation, the same up to its last turn
+        msgs, tools, _ = _conversation(raw, "preference")
+        other = _with_system(raw, _messages(raw["rejected_messages"], "rejected_messages"))
+        if msgs[-1]["role"] != "assistant" or other[-1]["role"] != "assistant":
+            raise RowError(
+                "'messages' and 'rejected_messages' must both end with an assistant turn", "no_answer"
+            )
+        if msgs[:-1] != other[:-1]:
+            raise RowError("'messages' and 'rejected_messages' differ before their last turn", "bad_order")
+        prompt, chosen, rejected = msgs[:-1], msgs[-1], other[-1]
+    elif _has(raw, "rejected_response"):
         msgs, tools, _ = _conversation(raw, "preference")
         if msgs[-1]["role"] != "assistant":
             raise RowError("'rejected_response' needs the chosen answer as the final turn", "no_answer")

@@ -316,13 +316,18 @@ class ChatEncoder:
             messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def segments(self, messages: list[Message], tools=None) -> list[Segment]:
-        """Split the rendered conversation into (text, trained) pieces."""
+    def segments(self, messages: list[Message], tools=None, where: str | None = None) -> list[Segment]:
+        """Split the rendered conversation into (text, trained) pieces.
+
+        Raises:
+            TemplateError: the template drops part of the conversation (see `check_rendered`).
+        """
         messages = self._prepare(messages)
         if self.chat_template is not None:
             pieces = self.chat_template.render(messages, tools, self.tokenizer.eos_token or "")
         else:
             pieces = self._native_pieces(messages, tools)
+        check_rendered("".join(text for text, _ in pieces), messages, tools, f"{where or 'row'}: {self.name}")
         answers = [i for i, (_, answer) in enumerate(pieces) if answer]
         last = answers[-1] if answers else -1
         if self.loss_on == "all":
@@ -362,7 +367,7 @@ class ChatEncoder:
 
     def encode(self, row: ChatRow, where: str | None = None) -> EncodedSample:
         """Token ids and labels; ValueError (naming `where`) when no token is trained, unless allowed."""
-        sample = tokenize_segments(self.tokenizer, self.segments(row.messages, row.tools))
+        sample = tokenize_segments(self.tokenizer, self.segments(row.messages, row.tools, where))
         where = where or self.name
         if not self.allow_empty_labels and not any(m["role"] == "assistant" for m in row.messages):
             where += (
@@ -378,6 +383,44 @@ class ChatEncoder:
         """Token ids of the conversation followed by the assistant header (for generation)."""
         text = self.render_text(messages, tools, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def check_rendered(text: str, messages: list[Message], tools, who: str) -> None:
+    """Raise TemplateError unless every message's content, tool call and tool schema is in `text`.
+
+    Contents and calls are looked for in conversation order (stripped, as templates may trim them); a call
+    by its function name and argument names after its message's content; a tool by its description (its
+    name where it has none), which a conversation rarely repeats. A template that ignores `tools` or
+    `tool_calls` (SmolLM2's own), strips `<think>` from earlier turns, or drops a system prompt would
+    otherwise train on a conversation other than the data's.
+    """
+    missing, pos = [], 0
+    for i, message in enumerate(messages):
+        content = (message.get("content") or "").strip()
+        found = text.find(content, pos) if content else pos
+        if found < 0:
+            missing.append(f"the {message['role']} content of message {i}")
+        else:
+            pos = found + len(content)
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function", call)
+            args = fn.get("arguments", {})
+            keys = list(json.loads(args) if isinstance(args, str) else args)
+            at = text.find(fn["name"], pos)
+            if at < 0 or any(text.find(f'"{key}"', at) < 0 and text.find(key, at) < 0 for key in keys):
+                missing.append(f"the tool call {fn['name']!r} of message {i}")
+            else:
+                pos = at + len(fn["name"])
+    for tool in tools or []:
+        fn = tool.get("function", tool)
+        mark = (fn.get("description") or fn.get("name") or "").strip()
+        if mark and mark not in text:
+            missing.append(f"tool {fn.get('name')!r} of the tools list")
+    if missing:
+        raise TemplateError(
+            f"{who} does not render {', '.join(missing)}, so training would silently drop it "
+            f"(set `template: chatml`, which renders tools and tool calls, or another of: {', '.join(TEMPLATES)})"
+        )
 
 
 def _inserted_think(turn: str, message: Message) -> int:
