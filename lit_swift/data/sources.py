@@ -52,7 +52,10 @@ class DatasetSpec:
                 raise ValueError(f"{self.path!r}: give the row count as '#N' or as num_rows, not both")
             self.path, self.num_rows = base, int(n)
         if self.num_rows is not None and self.num_rows <= 0:
-            raise ValueError(f"{self.path!r}: num_rows must be positive, got {self.num_rows}")
+            raise ValueError(
+                f"{self.path}#{self.num_rows}: num_rows must be positive, got {self.num_rows}, so there would be "
+                "nothing to train on (take N >= 1 rows, or drop the #N suffix)"
+            )
 
 
 @dataclass(frozen=True)
@@ -264,11 +267,13 @@ def _read(spec: DatasetSpec, streaming: bool) -> Iterator[RawRow | BadRecord]:
     path = Path(spec.path)
     if path.is_file():
         if path.suffix.lower() not in _READERS:
-            raise ValueError(f"{spec.path}: unsupported file type {path.suffix!r}; expected {FILE_TYPES}")
+            raise ValueError(
+                f"{spec.path}: unsupported file type {path.suffix!r} (convert it to one of {', '.join(FILE_TYPES)})"
+            )
         return _READERS[path.suffix.lower()](spec.path)
     looks_local = path.suffix.lower() in FILE_TYPES or spec.path.startswith(("/", "./", "../", "~"))
     if looks_local and not path.is_dir():
-        raise ValueError(f"{spec.path}: no such file")
+        raise ValueError(f"{spec.path}: no such file (relative paths start at {os.getcwd()})")
     return _iter_datasets(spec, streaming)
 
 

@@ -229,7 +229,10 @@ TEMPLATES: dict[str, ChatTemplate] = {
 def from_name(name: str) -> ChatTemplate:
     """The named template; ValueError listing the names for an unknown one."""
     if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; choose one of: {', '.join(TEMPLATES)}")
+        raise ValueError(
+            f"unknown chat template {name!r}; choose one of: {', '.join(TEMPLATES)} "
+            "(or leave `template` unset for the tokenizer's own)"
+        )
     return TEMPLATES[name]
 
 
