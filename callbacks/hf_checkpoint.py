@@ -2,21 +2,23 @@
 
 `x.ckpt` (Lightning, for exact resume) gets a sibling `x.hf/`: a PEFT adapter folder for LoRA runs
 or a safetensors model folder for full fine-tuning, with tokenizer files and the run's resolved
-config. Both are written to temporary names and renamed, so a kill mid-save keeps the previous
-checkpoint intact. Under sharding strategies (FSDP, DeepSpeed ZeRO-3) every rank first takes part in
+config. Both are staged and committed as one `lit_swift.atomic` transaction, so after a kill at any
+point of a save the pair is either the previous or the new one, never a mix, and the next save or
+`ckpt_path: last` first finishes or undoes the interrupted one. Under sharding strategies (FSDP, DeepSpeed ZeRO-3) every rank first takes part in
 gathering the weights (`lit_swift.strategies.gather`), then rank 0 writes the folder from them.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lit_swift.strategies.gather import gather_state_dict, shards_weights
+
+from lit_swift import atomic
 
 
 def hf_folder(ckpt_path: str | Path) -> Path:
@@ -50,7 +52,10 @@ class HFCheckpoint(ModelCheckpoint):
         return self.save_hf and hasattr(pl_module, "save_hf")
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        tmp = filepath + ".tmp"
+        if trainer.is_global_zero:
+            atomic.recover(filepath)  # a save this one replaces may have been killed mid-way
+        trainer.strategy.barrier()
+        tmp = str(atomic.staging(filepath))
         super()._save_checkpoint(trainer, tmp)
         config = Path(trainer.log_dir or "") / "config.yaml"  # a collective under DDP: every rank asks
         module = trainer.lightning_module
@@ -59,10 +64,11 @@ class HFCheckpoint(ModelCheckpoint):
             adapter = getattr(getattr(module, "tuner", None), "is_adapter", False)
             state = gather_state_dict(trainer.strategy, trainable_only=adapter)  # a collective when sharded
         if trainer.is_global_zero:
-            if self._writes_hf(module):
-                extra = {} if state is None else {"state_dict": state}
-                module.save_hf(hf_folder(filepath), config, **extra)
-            replace(tmp, filepath)
+            with atomic.transaction(filepath) as staged:
+                staged.append(Path(filepath))
+                if self._writes_hf(module):
+                    extra = {} if state is None else {"state_dict": state}
+                    module.save_hf(hf_folder(filepath), config, **extra)
         trainer.strategy.barrier()
         self._last_checkpoint_saved = filepath
 
@@ -79,23 +85,26 @@ class HFCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
-        """`ckpt_path: last` also finds `last.ckpt` of earlier logger versions (a new process gets a new one).
+        """Every complete checkpoint of this run's folders; Lightning resumes `ckpt_path: last` from the newest.
 
-        Without an explicit `dirpath` the folder is `<logger root>/version_N/checkpoints`, and a resumed
-        run logs to version N+1, so Lightning alone would find nothing and silently start over.
+        Not only `last.ckpt`: a kill between a step's save and its `last` save leaves `last.ckpt` a save
+        behind. Without an explicit `dirpath` the folders are `<logger root>/version_*/checkpoints` (a
+        resumed run logs to a new version). Rank 0 first finishes or undoes interrupted saves there.
         """
-        found = super()._find_last_checkpoints(trainer)
+        folders = {Path(p).parent for p in super()._find_last_checkpoints(trainer)}
+        if self.dirpath is not None:
+            folders.add(Path(self.dirpath))
         if not self._dirpath_given and trainer.loggers and trainer.loggers[0].root_dir:
-            root = Path(trainer.loggers[0].root_dir)
-            found |= {
-                str(p) for p in root.glob(f"*/checkpoints/{self.CHECKPOINT_NAME_LAST}*{self.FILE_EXTENSION}")
-            }
-        return found
+            folders |= set(Path(trainer.loggers[0].root_dir).glob("*/checkpoints"))
+        if rank_zero_only.rank == 0:
+            for folder in folders:
+                atomic.recover_folder(folder)
+        return {str(p) for folder in folders for p in folder.glob(f"*{self.FILE_EXTENSION}")}
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
-            shutil.rmtree(hf_folder(filepath), ignore_errors=True)
+            atomic.remove(hf_folder(filepath))
 
 
 def check_can_save_hf(strategy, pl_module) -> None:
@@ -111,23 +120,3 @@ def check_can_save_hf(strategy, pl_module) -> None:
             f"{type(strategy).__name__} needs (each rank holds only a shard). Set `save_hf: false` on the "
             "checkpoint callback (the .ckpt is still saved) or train with DDP."
         )
-
-
-def replace(src: str, dst: str) -> None:
-    """Move `src` to `dst`, replacing it; a folder (DeepSpeed, FSDP `sharded`) replaces an old folder too."""
-    if not os.path.isdir(src):
-        os.replace(src, dst)
-        return
-    old = dst + ".old"
-    _remove(old)
-    if os.path.lexists(dst):
-        os.replace(dst, old)
-    os.replace(src, dst)
-    _remove(old)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)

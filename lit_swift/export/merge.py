@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from lit_swift import models, tuners
+from lit_swift import atomic, models, tuners
 
 CONFIG_NAME = "lit_swift_config.yaml"
 """The run's resolved LightningCLI config, copied next to every HF folder and export."""
@@ -146,25 +143,6 @@ def load_trained(
     return Trained(net, models.load_tokenizer(source), read_config(config_file), config_file)
 
 
-@contextlib.contextmanager
-def atomic_folder(out: Path, overwrite: bool):
-    """Yield a temporary sibling of `out` to fill; it is renamed to `out` only if the block succeeds."""
-    if out.exists() and not overwrite:
-        raise ValueError(f"output folder {out} exists; pass --overwrite true to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def export(
     checkpoint: str,
     output_dir: str | None = None,
@@ -203,19 +181,19 @@ def export(
     net = tuners.merge(trained.model) if merge_lora else trained.model
     if dtype != "auto":
         net = net.to(getattr(torch, dtype))
-    with atomic_folder(out, overwrite) as tmp:
+    if out.exists() and not overwrite:
+        raise ValueError(f"output folder {out} exists; pass --overwrite true to replace it")
+    info = {"source": str(source.resolve()), "merged": merge_lora or not tuners.is_peft(net), "dtype": dtype}
+
+    def write(tmp: Path) -> None:
         if tuners.is_peft(net):
             net.save_pretrained(str(tmp))
         else:
             net.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         trained.tokenizer.save_pretrained(str(tmp))
-        if trained.config_file is not None:
-            shutil.copy(trained.config_file, tmp / CONFIG_NAME)
-        info = {
-            "source": str(source.resolve()),
-            "merged": merge_lora or not tuners.is_peft(net),
-            "dtype": dtype,
-        }
         (tmp / "lit_swift_export.json").write_text(json.dumps(info, indent=2))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_folder(out, write, trained.config_file)
     print(f"exported {'merged model' if info['merged'] else 'adapter'} to {out}")
     return out
