@@ -4,21 +4,29 @@
 or a safetensors model folder for full fine-tuning, with tokenizer files and the run's resolved
 config. Both are staged and committed as one `lit_swift.atomic` transaction, so after a kill at any
 point of a save the pair is either the previous or the new one, never a mix, and the next save or
-`ckpt_path: last` first finishes or undoes the interrupted one. Under sharding strategies (FSDP, DeepSpeed ZeRO-3) every rank first takes part in
-gathering the weights (`lit_swift.strategies.gather`), then rank 0 writes the folder from them.
+`ckpt_path: last` first finishes or undoes the interrupted one. Under sharding strategies (FSDP,
+DeepSpeed ZeRO-3) every rank first takes part in gathering the weights (`lit_swift.strategies.gather`),
+then rank 0 writes the folder from them. SIGTERM and SIGINT during training save a checkpoint at the
+next optimizer-step boundary and exit with 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import inspect
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from lit_swift.strategies.gather import gather_state_dict, shards_weights
 
 from lit_swift import atomic
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""Signals that stop training gracefully (pre-emption, Ctrl-C): checkpoint at the next step boundary, exit."""
 
 
 def hf_folder(ckpt_path: str | Path) -> Path:
@@ -41,6 +49,8 @@ class HFCheckpoint(ModelCheckpoint):
         # default (save_last=None) when the callback comes from YAML, which would switch it off.
         super().__init__(save_last=save_last, **kwargs)
         self.save_hf = save_hf
+        self._signal: int | None = None
+        self._step_before = 0
         self._dirpath_given = kwargs.get("dirpath") is not None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -73,7 +83,7 @@ class HFCheckpoint(ModelCheckpoint):
         self._last_checkpoint_saved = filepath
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Also save `last` when `max_steps` ends the run mid-epoch.
+        """Also save `last` when `max_steps` ends the run mid-epoch, or when a stop signal came.
 
         Lightning's own save after that point happens at epoch end and marks the epoch finished, so a
         resume with a larger `max_steps` would skip the rest of the epoch; a batch-end save resumes
@@ -83,6 +93,63 @@ class HFCheckpoint(ModelCheckpoint):
         reached = 0 < trainer.max_steps <= trainer.global_step
         if reached and self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        stepped = trainer.global_step > self._step_before
+        if (
+            stepped
+            and not reached
+            and trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
+        ):
+            self._stop(trainer)
+
+    # ----- SIGTERM / SIGINT: save at the next optimizer-step boundary, then exit -----
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        # after Lightning's own SIGTERM handler, which would stop mid-accumulation without a checkpoint
+        self._signal, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._signal is not None:  # asked twice: stop now, without a checkpoint
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self._signal = signum
+        print(
+            f"lit-swift: {signal.Signals(signum).name} received: saving a checkpoint after this optimizer "
+            "step, then stopping (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _stop(self, trainer) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            candidates = self._monitor_candidates(trainer)
+            if self.save_last:
+                self._save_last_checkpoint(trainer, candidates)
+            else:
+                self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+        signum = self._signal or signal.SIGTERM  # a rank without the signal stops with the ones that got it
+        rank_zero_info(
+            f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; checkpoint "
+            f"{self._last_checkpoint_saved}: continue with `--ckpt_path last`"
+        )
+        raise SystemExit(128 + signum)  # the shell's code for a process ended by that signal
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+        super().on_exception(trainer, pl_module, exception)
 
     def _find_last_checkpoints(self, trainer) -> set[str]:
         """Every complete checkpoint of this run's folders; Lightning resumes `ckpt_path: last` from the newest.

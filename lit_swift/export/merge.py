@@ -27,6 +27,9 @@ class Trained:
     tokenizer: Any
     config: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
+    objective: Any = None
+    """The run's objective (`.ckpt` sources): its `write_export_files(folder)`, if any, adds the files
+    its model needs beside the weights (e.g. an embedding model's sentence-transformers modules)."""
 
 
 def run_config_file(ckpt: Path) -> Path | None:
@@ -58,6 +61,29 @@ def build_objective(config: dict[str, Any], where: Path):
     return parser.instantiate_classes(parser.parse_object({"model": section})).model
 
 
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a Lightning checkpoint, read with `torch.load(weights_only=True)`.
+
+    A lit-swift checkpoint holds only tensors and plain data (weights, optimizer and loop state, RNG
+    states), which the weights-only unpickler accepts; any other Python object could run code while
+    loading, so a file that needs one is refused, naming it.
+    """
+    import pickle
+
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(ckpt)
+        raise ValueError(
+            f"checkpoint {ckpt} holds Python objects that could run code when loaded ({', '.join(unsafe)}); "
+            "lit-swift checkpoints hold only tensors and plain data, so it was not written by a lit-swift "
+            "run or was changed: export the run's `.hf` folder instead, or load it yourself if you trust it"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint (no `state_dict` entry)")
+    return checkpoint["state_dict"]
+
+
 def load_checkpoint(
     ckpt: Path, run_config: str | None = None, model: str | None = None, config_overrides: dict | None = None
 ) -> Trained:
@@ -76,7 +102,7 @@ def load_checkpoint(
         init_args["config_overrides"] = config_overrides
     objective = build_objective(run, config_file)
     objective.configure_model()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_weights(ckpt)
     trainable = {n for n, p in objective.named_parameters() if p.requires_grad}
     unexpected = sorted(set(state) - {n for n, _ in objective.named_parameters()})
     missing = sorted(trainable - set(state))
@@ -86,7 +112,7 @@ def load_checkpoint(
             f"{len(unexpected)} unexpected weights {unexpected[:3]}, {len(missing)} missing {missing[:3]}"
         )
     objective.load_state_dict(state, strict=False)
-    return Trained(objective.model.eval(), objective.tokenizer, run, config_file)
+    return Trained(objective.model.eval(), objective.tokenizer, run, config_file, objective)
 
 
 def load_adapter(
@@ -191,6 +217,9 @@ def export(
         else:
             net.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         trained.tokenizer.save_pretrained(str(tmp))
+        extras = getattr(trained.objective, "write_export_files", None)
+        if extras is not None and info["merged"]:
+            extras(tmp)
         (tmp / "lit_swift_export.json").write_text(json.dumps(info, indent=2))
 
     out.parent.mkdir(parents=True, exist_ok=True)
