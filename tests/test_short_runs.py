@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lit_swift.cli import main
+from lit_swift.export.merge import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -69,5 +70,7 @@ def test_shipped_config_ends_cleanly_when_max_steps_stops_mid_epoch(path, tmp_pa
     with metrics[0].open() as f:
         steps = {int(row["step"]) for row in csv.DictReader(f) if row.get("step")}
     assert max(steps) <= 1  # Lightning logs steps 0-based: 2 optimizer steps, no more
-    ckpts = {p.name for p in tmp_path.glob("**/checkpoints/*")}
-    assert {"last.ckpt", "last.hf"} <= ckpts or not ckpts, ckpts
+    ckpts = {p.name: p for p in tmp_path.glob("**/checkpoints/*")}
+    assert {"last.ckpt", "last.hf"} <= set(ckpts) or not ckpts, ckpts
+    if ckpts:  # `lit-swift export` reads every objective's checkpoint with the weights-only loader
+        assert load_weights(ckpts["last.ckpt"])
