@@ -22,8 +22,19 @@ Grouped = tuple[EmbeddingRow, list[str]]
 """A row and its fixed hard negatives."""
 
 
-def pick_negatives(rows: list[tuple[EmbeddingRow, Any]], num_negatives: int) -> list[list[str]]:
+NO_NEGATIVES_FIX = (
+    "set `num_negatives: 0` (data.init_args) to train on in-batch negatives only, or give those rows a "
+    "`negatives` list"
+)
+
+
+def pick_negatives(
+    rows: list[tuple[EmbeddingRow, Any]], num_negatives: int, required: bool = True
+) -> list[list[str]]:
     """Exactly `num_negatives` hard negatives per row, cycling a row's own list when it is shorter.
+
+    With `required=False` (validation of a bi-encoder: every document of the split is a candidate
+    anyway) a row without negatives keeps none.
 
     Raises:
         ValueError: listing (file:line) every row that has no negatives when some are required.
@@ -31,12 +42,13 @@ def pick_negatives(rows: list[tuple[EmbeddingRow, Any]], num_negatives: int) -> 
     if num_negatives == 0:
         return [[] for _ in rows]
     missing = [str(where) for row, where in rows if not row.negatives]
-    if missing:
+    if missing and required:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ValueError(
-            f"num_negatives={num_negatives} but {len(missing)} row(s) have no negatives: {shown}"
+            f"num_negatives={num_negatives} but {len(missing)} row(s) have no negatives: {shown} "
+            f"({NO_NEGATIVES_FIX})"
         )
-    return [cycle_negatives(row, num_negatives) for row, _ in rows]
+    return [cycle_negatives(row, num_negatives) if row.negatives else [] for row, _ in rows]
 
 
 def cycle_negatives(row: EmbeddingRow, num_negatives: int) -> list[str]:
@@ -121,7 +133,10 @@ class EmbeddingDataModule(PlannedDataModule):
         self.doc_index: dict[str, int] = {}
 
     def _prepare(self, train: list[tuple[EmbeddingRow, Any]], val: list[tuple[EmbeddingRow, Any]]) -> None:
-        self.rows, self.negatives = _rows_and_negatives(train, val, self.num_negatives)
+        # validation ranks every document of the split for each query: rows need no negatives there
+        self.rows, self.negatives = _rows_and_negatives(
+            train, val, self.num_negatives, val_needs_negatives=False
+        )
 
     def _texts(self, texts: list[str]) -> list[str]:
         return [t + self.tokenizer.eos_token for t in texts] if self.append_eos else texts
@@ -241,16 +256,24 @@ class RerankerDataModule(PlannedDataModule):
 def _grouped(row: EmbeddingRow, where: str, num_negatives: int) -> Encoded:
     """A streamed row with its hard negatives; a row without any, when some are needed, is an error."""
     if num_negatives and not row.negatives:
-        raise ValueError(f"{where}: num_negatives={num_negatives} but the row has no negatives")
+        raise ValueError(
+            f"{where}: num_negatives={num_negatives} but the row has no negatives ({NO_NEGATIVES_FIX})"
+        )
     return Encoded([(row, cycle_negatives(row, num_negatives))])
 
 
 def _rows_and_negatives(
-    train: list[tuple[EmbeddingRow, Any]], val: list[tuple[EmbeddingRow, Any]], num_negatives: int
+    train: list[tuple[EmbeddingRow, Any]],
+    val: list[tuple[EmbeddingRow, Any]],
+    num_negatives: int,
+    val_needs_negatives: bool = True,
 ) -> tuple[dict[str, list[EmbeddingRow]], dict[str, list[list[str]]]]:
     """Rows and their fixed hard negatives, keyed by split (`train`, `val`)."""
     rows = {"train": [r for r, _ in train], "val": [r for r, _ in val]}
-    negatives = {"train": pick_negatives(train, num_negatives), "val": pick_negatives(val, num_negatives)}
+    negatives = {
+        "train": pick_negatives(train, num_negatives),
+        "val": pick_negatives(val, num_negatives, required=val_needs_negatives),
+    }
     rank_zero_info(f"embedding rows: {len(train)} train, {len(val)} validation")
     return rows, negatives
 

@@ -2,15 +2,20 @@
 
 A split's file is keyed by sha256 of the DataModule's fingerprint (`fingerprint`: its class and encoding
 settings, the tokenizer, library versions and the source of `lit_swift/data` and `lit_swift/types.py`),
-the split name and the pickled rows. Files are written atomically; one that cannot be read is a miss.
+the split name and the pickled rows. A file holds numbers and JSON only (`.npz`: every integer list in
+one int64 array, the structure as JSON naming lit-swift dataclasses), read with `allow_pickle=False`, so
+a file planted in a shared cache folder cannot run code. Written atomically; unreadable -> a miss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
+import importlib
 import importlib.metadata
+import io
 import json
 import os
 import pickle
@@ -21,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_swift import models
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the layout of a cache file or of the key changes."""
 FOLDER_ENV = "LIT_SWIFT_ENCODED_CACHE"
 """Environment variable that overrides the folder (default `$LIT_SWIFT_CACHE/encoded`)."""
@@ -83,18 +89,18 @@ class EncodeCache:
         for part in (self.fingerprint, split):
             hasher.update(part.encode() + b"\0")
         pickle.Pickler(_HashWriter(hasher), protocol=PICKLE_PROTOCOL).dump(rows)
-        return self.folder / f"{split}-{hasher.hexdigest()}.pkl"
+        return self.folder / f"{split}-{hasher.hexdigest()}.npz"
 
     def load(self, path: Path) -> tuple[list, Counter[str]] | None:
         """(items, notes) stored in `path`; None when absent, or (with a warning) when unreadable."""
         if not path.exists():
             return None
         try:
-            with path.open("rb") as f:
-                stored = pickle.load(f)
-            if stored["format"] != FORMAT_VERSION:
-                raise ValueError(f"format {stored['format']}, expected {FORMAT_VERSION}")
-            items, notes = stored["items"], Counter(stored["notes"])
+            with np.load(path, allow_pickle=False) as stored:
+                ints, tree = stored["ints"], json.loads(stored["tree"].tobytes().decode())
+            if tree["format"] != FORMAT_VERSION:
+                raise ValueError(f"format {tree['format']}, expected {FORMAT_VERSION}")
+            items, notes = from_tree(tree["items"], ints), Counter(tree["notes"])
             if not isinstance(items, list):
                 raise TypeError(f"items is a {type(items).__name__}, not a list")
         except Exception as e:  # truncated, corrupt or written by other code: any failure is a miss
@@ -108,22 +114,74 @@ class EncodeCache:
     def store(self, path: Path, items: list, notes: Counter[str]) -> None:
         """Write (items, notes) to `path` atomically: a temporary file in the same folder, then a rename.
 
-        A folder that cannot be written only costs the reuse: the failure is a warning, not an error.
+        A folder that cannot be written, or an item `to_tree` cannot store, only costs the reuse: the
+        failure is a warning, not an error.
         """
-        stored = {"format": FORMAT_VERSION, "items": items, "notes": dict(notes)}
         tmp = None
         try:
+            ints: list[int] = []
+            tree = {"format": FORMAT_VERSION, "items": to_tree(items, ints), "notes": dict(notes)}
+            buffer = io.BytesIO()
+            np.savez(
+                buffer,
+                ints=np.asarray(ints, dtype=np.int64),
+                tree=np.frombuffer(json.dumps(tree).encode(), np.uint8),
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
-                pickle.dump(stored, f, protocol=PICKLE_PROTOCOL)
+                f.write(buffer.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as e:
+        except (OSError, TypeError, OverflowError) as e:
             rank_zero_warn(f"could not write the encoded-row cache file {path}: {e}")
             if tmp is not None and os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def to_tree(value: Any, ints: list[int]) -> Any:
+    """`value` as JSON data, its integer lists moved to the end of `ints` (as `{"@ints": [start, stop]}`).
+
+    Plain data, tuples, str-keyed dicts and lit-swift dataclasses (by name and fields) only: anything
+    else is a TypeError, so nothing in a file needs code to rebuild beyond those dataclasses.
+    """
+    if value is None or isinstance(value, (bool, float, str)) or type(value) is int:
+        return value
+    if isinstance(value, list):
+        if value and all(type(v) is int for v in value):
+            ints.extend(value)
+            return {"@ints": [len(ints) - len(value), len(ints)]}
+        return [to_tree(v, ints) for v in value]
+    if type(value) is tuple:
+        return {"@tuple": [to_tree(v, ints) for v in value]}
+    if type(value) is dict and all(isinstance(k, str) for k in value):
+        return {"@dict": [[k, to_tree(v, ints)] for k, v in value.items()]}
+    cls = type(value)
+    if dataclasses.is_dataclass(value) and cls.__module__.startswith("lit_swift."):
+        fields = {f.name: to_tree(getattr(value, f.name), ints) for f in dataclasses.fields(value)}
+        return {"@class": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+    raise TypeError(f"cannot store a {cls.__module__}.{cls.__qualname__} in the encoded-row cache")
+
+
+def from_tree(tree: Any, ints: np.ndarray) -> Any:
+    """The value `to_tree` stored; a class outside lit-swift's dataclasses is refused (ValueError)."""
+    if isinstance(tree, list):
+        return [from_tree(v, ints) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "@ints" in tree:
+        start, stop = tree["@ints"]
+        return ints[start:stop].tolist()
+    if "@tuple" in tree:
+        return tuple(from_tree(v, ints) for v in tree["@tuple"])
+    if "@dict" in tree:
+        return {k: from_tree(v, ints) for k, v in tree["@dict"]}
+    module, _, name = tree["@class"].partition(":")
+    cls = getattr(importlib.import_module(module), name, None) if module.startswith("lit_swift.") else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise ValueError(f"{tree['@class']} is not a lit-swift dataclass")
+    return cls(**{k: from_tree(v, ints) for k, v in tree["fields"].items()})
 
 
 class _HashWriter:

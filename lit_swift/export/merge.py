@@ -5,10 +5,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from lit_swift import models, tuners
+from lit_swift import atomic, models, tuners
 
 CONFIG_NAME = "lit_swift_config.yaml"
 """The run's resolved LightningCLI config, copied next to every HF folder and export."""
@@ -30,6 +27,9 @@ class Trained:
     tokenizer: Any
     config: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
+    objective: Any = None
+    """The run's objective (`.ckpt` sources): its `write_export_files(folder)`, if any, adds the files
+    its model needs beside the weights (e.g. an embedding model's sentence-transformers modules)."""
 
 
 def run_config_file(ckpt: Path) -> Path | None:
@@ -61,6 +61,29 @@ def build_objective(config: dict[str, Any], where: Path):
     return parser.instantiate_classes(parser.parse_object({"model": section})).model
 
 
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a Lightning checkpoint, read with `torch.load(weights_only=True)`.
+
+    A lit-swift checkpoint holds only tensors and plain data (weights, optimizer and loop state, RNG
+    states), which the weights-only unpickler accepts; any other Python object could run code while
+    loading, so a file that needs one is refused, naming it.
+    """
+    import pickle
+
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(ckpt)
+        raise ValueError(
+            f"checkpoint {ckpt} holds Python objects that could run code when loaded ({', '.join(unsafe)}); "
+            "lit-swift checkpoints hold only tensors and plain data, so it was not written by a lit-swift "
+            "run or was changed: export the run's `.hf` folder instead, or load it yourself if you trust it"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint (no `state_dict` entry)")
+    return checkpoint["state_dict"]
+
+
 def load_checkpoint(
     ckpt: Path, run_config: str | None = None, model: str | None = None, config_overrides: dict | None = None
 ) -> Trained:
@@ -79,7 +102,7 @@ def load_checkpoint(
         init_args["config_overrides"] = config_overrides
     objective = build_objective(run, config_file)
     objective.configure_model()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_weights(ckpt)
     trainable = {n for n, p in objective.named_parameters() if p.requires_grad}
     unexpected = sorted(set(state) - {n for n, _ in objective.named_parameters()})
     missing = sorted(trainable - set(state))
@@ -89,7 +112,7 @@ def load_checkpoint(
             f"{len(unexpected)} unexpected weights {unexpected[:3]}, {len(missing)} missing {missing[:3]}"
         )
     objective.load_state_dict(state, strict=False)
-    return Trained(objective.model.eval(), objective.tokenizer, run, config_file)
+    return Trained(objective.model.eval(), objective.tokenizer, run, config_file, objective)
 
 
 def load_adapter(
@@ -146,25 +169,6 @@ def load_trained(
     return Trained(net, models.load_tokenizer(source), read_config(config_file), config_file)
 
 
-@contextlib.contextmanager
-def atomic_folder(out: Path, overwrite: bool):
-    """Yield a temporary sibling of `out` to fill; it is renamed to `out` only if the block succeeds."""
-    if out.exists() and not overwrite:
-        raise ValueError(f"output folder {out} exists; pass --overwrite true to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def export(
     checkpoint: str,
     output_dir: str | None = None,
@@ -203,19 +207,22 @@ def export(
     net = tuners.merge(trained.model) if merge_lora else trained.model
     if dtype != "auto":
         net = net.to(getattr(torch, dtype))
-    with atomic_folder(out, overwrite) as tmp:
+    if out.exists() and not overwrite:
+        raise ValueError(f"output folder {out} exists; pass --overwrite true to replace it")
+    info = {"source": str(source.resolve()), "merged": merge_lora or not tuners.is_peft(net), "dtype": dtype}
+
+    def write(tmp: Path) -> None:
         if tuners.is_peft(net):
             net.save_pretrained(str(tmp))
         else:
             net.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         trained.tokenizer.save_pretrained(str(tmp))
-        if trained.config_file is not None:
-            shutil.copy(trained.config_file, tmp / CONFIG_NAME)
-        info = {
-            "source": str(source.resolve()),
-            "merged": merge_lora or not tuners.is_peft(net),
-            "dtype": dtype,
-        }
+        extras = getattr(trained.objective, "write_export_files", None)
+        if extras is not None and info["merged"]:
+            extras(tmp)
         (tmp / "lit_swift_export.json").write_text(json.dumps(info, indent=2))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_folder(out, write, trained.config_file)
     print(f"exported {'merged model' if info['merged'] else 'adapter'} to {out}")
     return out

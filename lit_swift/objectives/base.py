@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lit_swift import kernels, models, tuners
+from lit_swift.atomic import write_folder
 from lit_swift.data.collate import model_inputs
 from lit_swift.optim import Cosine, Schedule
 from lit_swift.types import IGNORE_INDEX
@@ -174,8 +174,8 @@ class CausalLMObjective(L.LightningModule):
     ) -> Path:
         """Write an HF-format folder: PEFT adapter (LoRA) or full safetensors weights, plus tokenizer.
 
-        The write goes to a temporary sibling first and is renamed into place, so a crash leaves the
-        previous folder intact.
+        The write goes through `lit_swift.atomic.write_folder` (staged, fsync'ed, renamed), so a crash
+        leaves the previous folder intact; inside a checkpoint save it commits with the `.ckpt`.
 
         Args:
             folder: the folder to write.
@@ -193,21 +193,6 @@ class CausalLMObjective(L.LightningModule):
             self.tokenizer.save_pretrained(str(tmp))
 
         return write_folder(folder, write, config_file)
-
-
-def write_folder(folder: str | Path, write: Callable[[Path], None], config_file: str | Path | None) -> Path:
-    """Write a folder through a temporary sibling and rename it into place (a crash keeps the old one)."""
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if config_file is not None and Path(config_file).exists():
-        shutil.copy(config_file, tmp / "lit_swift_config.yaml")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")

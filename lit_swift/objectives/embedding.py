@@ -170,11 +170,17 @@ class Embedding(CausalLMObjective):
         def write(tmp: Path) -> None:
             merged_copy(self.model, self.tuner).save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
-            self._write_sentence_transformers(tmp)
+            self.write_export_files(tmp)
 
         return write_folder(folder, write, config_file)
 
-    def _write_sentence_transformers(self, tmp: Path) -> None:
+    def write_export_files(self, folder: Path) -> None:
+        """The sentence-transformers files (modules, pooling, normalisation, sequence length) of this model.
+
+        `max_seq_length` is the base model's (its own `sentence_bert_config.json`, else the tokenizer's
+        and position table's limit), not the training `max_length`: users of the export get the
+        model's full input length, as from the base.
+        """
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -188,18 +194,26 @@ class Embedding(CausalLMObjective):
                     "type": "sentence_transformers.models.Normalize",
                 }
             )
-            (tmp / "2_Normalize").mkdir()
-        (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-        (tmp / "1_Pooling").mkdir()
-        width = tuners.base_model(self.model).config.hidden_size
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        config = tuners.base_model(self.model).config
         pooling = {
-            "word_embedding_dimension": width,
+            "word_embedding_dimension": config.hidden_size,
             "pooling_mode_cls_token": self.pooling == "cls",
             "pooling_mode_mean_tokens": self.pooling == "mean",
             "pooling_mode_lasttoken": self.pooling == "last",
         }
-        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        max_length = getattr(datamodule, "max_length", None) or 512
-        config = {"max_seq_length": max_length, "do_lower_case": False}
-        (tmp / "sentence_bert_config.json").write_text(json.dumps(config, indent=2))
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        (folder / "sentence_bert_config.json").write_text(json.dumps(self.base_st_config(config), indent=2))
+
+    def base_st_config(self, config: Any) -> dict[str, Any]:
+        """The base model's sentence-transformers settings (`max_seq_length`, `do_lower_case`)."""
+        base = Path(models.resolve(self.model_spec)) / "sentence_bert_config.json"
+        if base.exists():
+            return json.loads(base.read_text())
+        limits = [
+            getattr(config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+        ]
+        return {"max_seq_length": min(n for n in limits if n) if any(limits) else 512, "do_lower_case": False}

@@ -44,3 +44,5 @@ def test_run_config_monitors_lr_throughput_and_stops_early_on_a_logged_metric(pa
     logged = rf'self\.log\(\s*"{re.escape(stop["monitor"])}"(?![^\n]*rank_zero_only=True)'
     assert re.search(logged, source), f"{objective.__name__} does not log {stop['monitor']} on every rank"
     assert stop["mode"] == "min" and stop["patience"] >= 2
+    # checked after each validation only: a run that max_steps ends mid-epoch has no val metric
+    assert stop.get("check_on_train_epoch_end") is False

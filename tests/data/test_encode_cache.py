@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import os
 import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from lit_swift.data import encode_cache
@@ -233,11 +236,12 @@ def test_dated_chat_template_keys_on_the_date(smollm2_tokenizer, monkeypatch):
     "damage",
     [
         lambda good: good[: len(good) // 2],
-        lambda good: b"not a pickle",
-        lambda good: pickle.dumps({"format": encode_cache.FORMAT_VERSION, "items": "x", "notes": {}}),
-        lambda good: pickle.dumps({"format": 0, "items": [], "notes": {}}),
+        lambda good: b"not an npz",
+        lambda good: npz({"format": encode_cache.FORMAT_VERSION, "items": "x", "notes": {}}),
+        lambda good: npz({"format": 0, "items": [], "notes": {}}),
+        lambda good: pickle.dumps({"format": encode_cache.FORMAT_VERSION, "items": [], "notes": {}}),
     ],
-    ids=["truncated", "garbage", "wrong_items", "old_format"],
+    ids=["truncated", "garbage", "wrong_items", "old_format", "pickle"],
 )
 def test_an_unreadable_file_warns_and_is_rewritten(damage, tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "qa.jsonl", chat_rows())
@@ -249,8 +253,57 @@ def test_an_unreadable_file_warns_and_is_rewritten(damage, tmp_path, monkeypatch
         second = sft(path)
     assert len(calls) == NUM_ROWS and second.train_samples == first.train_samples
     assert cache_files() == [file]  # rewritten in place, no temporary file left
-    stored = pickle.loads(file.read_bytes())
-    assert stored["items"] == first.train_samples and Counter(stored["notes"]).total() == 1
+    items, notes = encode_cache.EncodeCache(file.parent, "").load(file)
+    assert items == first.train_samples and notes.total() == 1
+
+
+def npz(tree: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, ints=np.zeros(0, np.int64), tree=np.frombuffer(json.dumps(tree).encode(), np.uint8))
+    return buffer.getvalue()
+
+
+class Planted:
+    """A class whose unpickling runs code: what a planted pickle in a shared cache folder would do."""
+
+    def __reduce__(self):
+        return (os.system, ("touch planted-pickle-ran",))
+
+
+def test_a_planted_file_cannot_run_code(tmp_path, monkeypatch):
+    """main before: the cache unpickled whatever file sat under the expected name (code execution)."""
+    monkeypatch.chdir(tmp_path)
+    path = write_jsonl(tmp_path / "qa.jsonl", chat_rows())
+    sft(path)
+    (file,) = cache_files()
+    file.write_bytes(pickle.dumps({"format": encode_cache.FORMAT_VERSION, "items": [Planted()], "notes": {}}))
+    with pytest.warns(UserWarning, match="cannot be read"):
+        sft(path)
+    assert not (tmp_path / "planted-pickle-ran").exists()
+    os_class = npz(
+        {"format": encode_cache.FORMAT_VERSION, "items": [{"@class": "os:system", "fields": {}}], "notes": {}}
+    )
+    file.write_bytes(os_class)
+    with pytest.warns(UserWarning, match="os:system is not a lit-swift dataclass"):
+        sft(path)
+
+
+def test_every_item_kind_round_trips(tmp_path):
+    from lit_swift.data.preference import KTOItem, PairItem
+    from lit_swift.types import EmbeddingRow, EncodedSample
+
+    sample = EncodedSample([1, 2, 3], [-100, 2, 3])
+    items = [
+        sample,
+        PairItem(sample, EncodedSample([1, 4], [-100, 4]), 0.5),
+        KTOItem(sample, 1, True),
+        ([5, 6, 7], {"answer": "42", "scores": [1, 2], "nested": {"x": None}}),
+        (EmbeddingRow("q", "p", ["n"]), ["n"]),
+        [],
+    ]
+    cache = encode_cache.EncodeCache(tmp_path, "")
+    cache.store(tmp_path / "x.npz", items, Counter({"note": 2}))
+    assert cache.load(tmp_path / "x.npz") == (items, Counter({"note": 2}))
 
 
 def test_a_bad_row_raises_as_without_cache_and_writes_nothing(tmp_path):

@@ -1,0 +1,53 @@
+"""Untrusted files run no code: a planted `.ckpt` is refused by `lit-swift export` (weights-only load), and
+a model folder's custom code (`auto_map`, `trust_remote_code`) is never imported (issue 13, item 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_swift import models
+from lit_swift.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Planted:
+    """Unpickling this runs a shell command: what a downloaded malicious checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_export_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    # main before: torch.load(weights_only=False) ran the planted command while loading
+    marker = tmp_path / "ran"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Planted(marker)}, ckpt)
+    run_config = ROOT / "configs/debug/sft.yaml"
+    with pytest.raises(
+        ValueError, match=r"evil.ckpt holds Python objects that could run code .*posix.system"
+    ):
+        main(["export", str(ckpt), "--run_config", str(run_config), "--output_dir", str(tmp_path / "out")])
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_model_folders_custom_code_is_not_run(tmp_path, smollm2_dir):
+    folder = tmp_path / "remote-code-model"
+    folder.mkdir()
+    config = json.loads((Path(smollm2_dir) / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "imported"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (folder / "model.safetensors").symlink_to(Path(smollm2_dir) / "model.safetensors")
+    model = models.load_model(str(folder), config_overrides={"num_hidden_layers": 1})
+    assert type(model).__module__.startswith("transformers.models.llama")  # the library's class, not evil.py
+    assert not marker.exists()
