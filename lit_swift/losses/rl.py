@@ -218,6 +218,9 @@ class CISPOLoss(PolicyLoss):
 class AdvantageEstimator(ABC):
     """Turns the rewards of P groups of G completions into one advantage per completion."""
 
+    needs_batch = True
+    """Whether it uses statistics over all groups (the objective then gathers every rank's groups)."""
+
     @abstractmethod
     def __call__(self, rewards: Tensor) -> Tensor:
         """Advantages of the completions. # [P, G]"""
@@ -234,6 +237,7 @@ class GRPOAdvantage(AdvantageEstimator):
 
     def __init__(self, scale_rewards: Literal["group", "batch", "none"] = "group", eps: float = 1e-4):
         self.scale_rewards, self.eps = scale_rewards, eps
+        self.needs_batch = scale_rewards == "batch"
 
     def __call__(self, rewards: Tensor) -> Tensor:
         centred = rewards - rewards.mean(-1, keepdim=True)  # [P, G]
@@ -253,6 +257,8 @@ class DrGRPOAdvantage(GRPOAdvantage):
 class RLOOAdvantage(AdvantageEstimator):
     """r_i - mean of the other G-1 rewards = G/(G-1) (r_i - mean) (Ahmadian et al. 2024, "Back to
     basics", arXiv:2402.14740)."""
+
+    needs_batch = False
 
     def __call__(self, rewards: Tensor) -> Tensor:
         g = rewards.shape[-1]

@@ -21,7 +21,8 @@ def rollout_batch(prompts: list[list[int]], completions: list[list[int]], pad_id
     """Prompt (left-padded to P) + completion (right-padded to T) rows for one forward.
 
     Returns `input_ids`, `attention_mask`, `position_ids` [N, P + T] and `completion_mask` [N, T]; the
-    token predicting completion token t sits at column P - 1 + t.
+    token predicting completion token t sits at column P - 1 + t. Meant for rotary-position models
+    (Llama, Qwen, SmolLM2...), see the position comment below.
     """
     width = max(len(p) for p in prompts)
     length = max(1, max(len(c) for c in completions))
@@ -33,7 +34,10 @@ def rollout_batch(prompts: list[list[int]], completions: list[list[int]], pad_id
         input_ids[i, width - len(p) : width + len(c)] = torch.tensor(p + c, dtype=torch.long)
         attention_mask[i, width - len(p) : width + len(c)] = 1
         completion_mask[i, : len(c)] = True
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [N, P+T]
+    # Column positions, the same in every row: a left-padded prompt is shifted by its padding, which
+    # rotary embeddings ignore (they depend on relative positions only). Each row is then one span, so
+    # `sdpa_varlen` takes the single masked SDPA call instead of one call per pad position.
+    position_ids = torch.arange(width + length).expand(n, -1)  # [N, P+T]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -130,6 +134,7 @@ class HFEngine(RolloutEngine):
         seen = ids.clone()  # [B, P + t]: prompt and completion so far, for the repetition penalty
         tokens: list[list[int]] = [[] for _ in requests]
         logps: list[list[float]] = [[] for _ in requests]
+        entropy = [0.0] * len(requests)
         done = [False] * len(requests)
         stops = set(sampling.stop_token_ids)
         cache = DynamicCache()
@@ -145,11 +150,12 @@ class HFEngine(RolloutEngine):
                 .logits[:, -1]
                 .float()
             )  # [B, V]
-            chosen, chosen_logps = self._pick(logits, seen, generators, sampling)
+            chosen, chosen_logps, entropies = self._pick(logits, seen, generators, sampling)
             for b, (token, logp) in enumerate(zip(chosen, chosen_logps, strict=True)):
                 if not done[b]:
                     tokens[b].append(token)
                     logps[b].append(logp)
+                    entropy[b] += entropies[b]
                     done[b] = token in stops
             if all(done):
                 break
@@ -158,16 +164,17 @@ class HFEngine(RolloutEngine):
             mask = torch.cat([mask, mask.new_ones(len(requests), 1)], dim=1)
             positions = positions[:, -1:] + 1
         return [
-            Completion(t, lp, "stop" if t and t[-1] in stops else "length")
-            for t, lp in zip(tokens, logps, strict=True)
+            Completion(t, lp, "stop" if t and t[-1] in stops else "length", {"entropy": e / len(t)})
+            for t, lp, e in zip(tokens, logps, entropy, strict=True)
         ]
 
     @staticmethod
     def _pick(
         logits: Tensor, seen: Tensor, generators: list[torch.Generator], sampling: SamplingParams
-    ) -> tuple[list[int], list[float]]:
-        """Each row's next token (greedy, or one seeded uniform draw) and its log-prob by `Completion`'s
-        definition (full softmax at the temperature, before penalty and truncation)."""
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Each row's next token (greedy, or one seeded uniform draw), its log-prob by `Completion`'s
+        definition (full softmax at the temperature, before penalty and truncation) and that
+        distribution's entropy."""
         greedy = sampling.temperature <= 0
         full = F.log_softmax(logits / (1.0 if greedy else sampling.temperature), dim=-1)  # [B, V]
         scores = logits
@@ -182,4 +189,5 @@ class HFEngine(RolloutEngine):
             chosen = torch.searchsorted(cdf, u * cdf[:, -1:], side="right").clamp(max=cdf.shape[1] - 1)[:, 0]
             chosen = chosen.to(logits.device)
         values = full.gather(1, chosen[:, None])[:, 0]
-        return chosen.tolist(), values.tolist()
+        entropy = -(full.exp() * full).sum(-1)  # [B]
+        return chosen.tolist(), values.tolist(), entropy.tolist()
