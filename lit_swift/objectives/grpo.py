@@ -33,7 +33,7 @@ from lit_swift.losses.rl import (
 from lit_swift.objectives.base import CausalLMObjective
 from lit_swift.objectives.dpo import frozen_copy
 from lit_swift.rewards.base import Reward, RewardSet
-from lit_swift.rollout.buffer import Rollout, rollout_stats, write_completions
+from lit_swift.rollout.buffer import Rollout, gather_groups, rollout_stats, write_completions
 from lit_swift.rollout.engine import Completion, Request, RolloutEngine, SamplingParams, completion_seed
 from lit_swift.rollout.hf import HFEngine, completion_logps, rollout_batch
 
@@ -128,6 +128,8 @@ class GRPO(CausalLMObjective):
         self.pending: list[Rollout] = []  # dynamic sampling: kept groups waiting for the step to fill
         self.draws = 0
         self.rollouts_done = 0
+        self.last_rollout: dict[str, float] = {}  # the latest rollout's stats (this rank)
+        self.last_steps: list[dict[str, float]] = []  # its optimizer steps' loss metrics (this rank)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -209,14 +211,9 @@ class GRPO(CausalLMObjective):
 
     def group_advantages(self, rewards: Tensor) -> Tensor:
         """Advantages from every rank's groups (batch-level statistics see the global step). # [P, G]"""
-        if self.trainer.world_size == 1 or not getattr(self.advantage, "needs_batch", True):
+        if self.trainer.world_size == 1 or not self.advantage.needs_batch:
             return self.advantage(rewards)
-        sizes = self.all_gather(torch.tensor(rewards.shape[0], device=self.device)).tolist()
-        padded = rewards.new_full((max(sizes), rewards.shape[1]), float("nan"))
-        padded[: rewards.shape[0]] = rewards
-        gathered = self.all_gather(padded.to(self.device)).cpu()  # [W, Pmax, G]
-        everything = torch.cat([gathered[r, : sizes[r]] for r in range(len(sizes))])
-        start = sum(sizes[: self.global_rank])
+        everything, start = gather_groups(self, rewards)
         return self.advantage(everything)[start : start + rewards.shape[0]]
 
     # ----- training -----
@@ -243,11 +240,12 @@ class GRPO(CausalLMObjective):
         self.update(rollout)
         return None
 
-    def global_sum(self, value: float) -> float:
+    def global_sum(self, value: float, op: str = "sum") -> float:
+        """`value` reduced over the ranks (`sum` or `max`)."""
         if self.trainer.world_size == 1:
             return float(value)
         return float(
-            self.trainer.strategy.reduce(torch.tensor(float(value), device=self.device), reduce_op="sum")
+            self.trainer.strategy.reduce(torch.tensor(float(value), device=self.device), reduce_op=op)
         )
 
     def update(self, rollout: Rollout) -> None:
@@ -266,6 +264,7 @@ class GRPO(CausalLMObjective):
             for s in range(self.steps_per_generation)
         ]
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        self.last_steps = []
         for _ in range(self.num_iterations):
             for part in parts:
                 self.optimizer_step_on(batch, extra, rollout.advantages.to(self.device), list(part))
@@ -326,10 +325,7 @@ class GRPO(CausalLMObjective):
         )
         size = self.mini_batch_size or max(len(part), 1)
         num_chunks = math.ceil(len(part) / size)
-        if self.trainer.world_size > 1:  # every rank must run as many backwards (DDP all-reduces each)
-            num_chunks = int(
-                self.trainer.strategy.reduce(torch.tensor(num_chunks, device=self.device), reduce_op="max")
-            )
+        num_chunks = int(self.global_sum(num_chunks, "max"))  # every rank runs as many backwards (DDP)
         totals: dict[str, float] = {}
         for c in range(num_chunks):
             rows = part[c * size : (c + 1) * size]
@@ -357,16 +353,16 @@ class GRPO(CausalLMObjective):
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * share
         self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=1, prog_bar=False)
-        self.last_step = {**totals}
+        self.last_steps.append(totals)
 
     # ----- validation -----
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         prompts, completions = self.generate(batch, 1, self.sampling(greedy=True))
         total, per_function, _, _ = self.score(batch, prompts, completions, 1)
         n = len(completions)
-        self.log("val/reward", total.mean(), prog_bar=True, batch_size=n)
+        self.log("val/reward", total.mean(), prog_bar=True, batch_size=n, sync_dist=True)
         for name, values in per_function.items():
-            self.log(f"val/rewards/{name}", values.mean(), batch_size=n)
+            self.log(f"val/rewards/{name}", values.mean(), batch_size=n, sync_dist=True)
 
     # ----- logging -----
     def log_rollout(self, completions: list[Completion], rewards: Tensor, per_function: dict) -> None:

@@ -81,3 +81,14 @@ def rollout_stats(completions: list[Completion], rewards: Tensor, per_function: 
     if entropies:
         stats["entropy"] = torch.tensor(entropies).mean()
     return {k: float(v) for k, v in stats.items()}
+
+
+def gather_groups(module, rewards: Tensor) -> tuple[Tensor, int]:
+    """Every rank's reward groups in rank order (ranks may hold different counts) and where this rank's
+    start. `module` is the LightningModule (its `all_gather`). # [sum P, G]"""
+    sizes = module.all_gather(torch.tensor(rewards.shape[0], device=module.device)).tolist()
+    padded = rewards.new_full((max(sizes), rewards.shape[1]), float("nan"))
+    padded[: rewards.shape[0]] = rewards
+    gathered = module.all_gather(padded.to(module.device)).cpu()  # [W, max P, G]
+    everything = torch.cat([gathered[r, : sizes[r]] for r in range(len(sizes))])
+    return everything, sum(sizes[: module.global_rank])

@@ -113,15 +113,17 @@ class HFEngine(RolloutEngine):
         assert self.model is not None, "HFEngine.sync_weights(model) binds the policy before generate"
         was_training = self.model.training
         self.model.eval()
+        # ordinary no-grad tensors even when called under inference mode (Lightning's validation):
+        # LoRA sibling groups track their input's version counter, which inference tensors lack
         try:
-            out = []
-            for start in range(0, len(requests), self.max_batch_size):
-                out += self._generate(requests[start : start + self.max_batch_size], sampling)
+            with torch.inference_mode(False), torch.no_grad():
+                out = []
+                for start in range(0, len(requests), self.max_batch_size):
+                    out += self._generate(requests[start : start + self.max_batch_size], sampling)
             return out
         finally:
             self.model.train(was_training)
 
-    @torch.no_grad()
     def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
         from transformers import DynamicCache
 
