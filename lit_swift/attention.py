@@ -170,8 +170,10 @@ def block_mask(position_ids: Tensor, batch_size: int):
 def _flex_attention(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
-    # eager FlexAttention materialises the scores (a reference path); compiled it is a fused kernel
-    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    # eager FlexAttention materialises the scores (a reference path); compiled it is a fused kernel.
+    # Default dynamic handling: the second row length recompiles once with a symbolic length, so
+    # batches padded to different lengths do not each compile (nor hit the recompile limit).
+    return torch.compile(flex_attention) if compiled else flex_attention
 
 
 def _flex(module, query, key, value, position_ids, spans, dropout, scaling, **kwargs) -> Tensor:
