@@ -27,7 +27,7 @@ set -eu
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LIT_REPO="${LIT_REPO:-$(dirname "$HERE")}"
 LIT_PY="${LIT_PY:-$LIT_REPO/.venv/bin/python}"
-: "${BENCH_TASK:?BENCH_TASK (sft|dpo) is required}" "${BENCH_MODEL:?}" "${BENCH_DATA:?}" "${BENCH_RUN_DIR:?}"
+: "${BENCH_TASK:?BENCH_TASK (sft|dpo|kto|rm) is required}" "${BENCH_MODEL:?}" "${BENCH_DATA:?}" "${BENCH_RUN_DIR:?}"
 MODE="${BENCH_MODE:-pad}"; PRECISION="${BENCH_PRECISION:-fp32}"
 BS="${BENCH_BS:-4}"; MAX_LEN="${BENCH_MAX_LEN:-1024}"; SEED="${BENCH_SEED:-42}"
 MEAN_TOKENS="${BENCH_MEAN_TOKENS:-193}"
@@ -56,9 +56,11 @@ case "$BENCH_TASK" in
       padfree) ARGS+=("$D.packing" true "$D.batch_size" "$(( (BS * MEAN_TOKENS + MAX_LEN - 1) / MAX_LEN ))") ;;
       *) echo "lit_cmd.sh: bad BENCH_MODE '$MODE' (pad|padfree|pack)" >&2; exit 2 ;;
     esac ;;
-  dpo)
+  dpo|kto)  # kto: bench/kto_data.py rows; beta from BENCH_DPO_BETA as for DPO (bench/run_objectives.sh)
     ARGS+=("$D.batch_size" "$BS" "$M.loss.init_args.beta" "${BENCH_DPO_BETA:-0.1}") ;;
-  *) echo "lit_cmd.sh: bad BENCH_TASK '$BENCH_TASK' (sft|dpo)" >&2; exit 2 ;;
+  rm)
+    ARGS+=("$D.batch_size" "$BS") ;;
+  *) echo "lit_cmd.sh: bad BENCH_TASK '$BENCH_TASK' (sft|dpo|kto|rm)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2206  # word splitting of the extra overrides is intended
 [ -n "${LIT_EXTRA_ARGS:-}" ] && ARGS+=(${LIT_EXTRA_ARGS})

@@ -115,10 +115,12 @@ def run_trainer(args: list[str] | None, run: bool = True, parse_only: bool = Fal
     import lightning as L
 
     from lit_swift.objectives.base import CausalLMObjective
+    from lit_swift.precision import Trainer
 
     return LitSwiftCLI(
         CausalLMObjective,
         L.LightningDataModule,
+        trainer_class=Trainer,  # Lightning's, plus `precision: auto`
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=trainer_defaults(),

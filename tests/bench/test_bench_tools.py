@@ -103,13 +103,13 @@ def test_dpo_and_extra_args():
     )
 
 
-@pytest.mark.parametrize("bad", [{"precision": "fp16"}, {"mode": "stream"}, {"task": "kto"}])
+@pytest.mark.parametrize("bad", [{"precision": "fp16"}, {"mode": "stream"}, {"task": "grpo"}])
 def test_bad_values_fail(bad):
     rc, out = dry_run(**{"task": "sft", "mode": "pad", **bad})
     assert rc == 2 and "lit_cmd.sh: bad" in out
 
 
-@pytest.mark.parametrize("task", ["sft", "dpo"])
+@pytest.mark.parametrize("task", ["sft", "dpo", "kto", "rm"])
 def test_bench_configs_instantiate(task, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cli = run_trainer(
