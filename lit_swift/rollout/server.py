@@ -185,6 +185,8 @@ def rollout(
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     tokenizer = models.load_tokenizer(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    state = HFRolloutState(net.to(device).eval(), tokenizer, HFEngine(net, pad_token_id=pad))
+    engine = HFEngine(pad_token_id=pad)
+    engine.sync_weights(net.to(device).eval())
+    state = HFRolloutState(net, tokenizer, engine)
     print(f"lit-swift rollout: serving {model!r} on http://{host}:{port} (pid {os.getpid()})", flush=True)
     serve(make_app(state, model, api_key), host, port)

@@ -38,7 +38,8 @@ def load_backend(
         generator.model = tuners.merge(generator.model).eval()
     config = generator.model.config
     context = getattr(config, "max_position_embeddings", None) or generator.tokenizer.model_max_length
-    engine = HFEngine(generator.model, pad_token_id=generator.pad_id)
+    engine = HFEngine(max_batch_size, pad_token_id=generator.pad_id)
+    engine.sync_weights(generator.model)
     name = name or served_name(model, adapter)
     return Backend(name, generator, Batcher(engine, max_batch_size), int(context))
 

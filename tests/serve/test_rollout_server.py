@@ -39,6 +39,12 @@ def batch(tokenizer, n=3):
 SAMPLING = SamplingParams(max_new_tokens=6, temperature=0.9, top_p=0.95, stop_token_ids=(2,))
 
 
+def hf(model):
+    engine = HFEngine(pad_token_id=2)
+    engine.sync_weights(model)
+    return engine
+
+
 def same(a, b):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
@@ -53,7 +59,7 @@ def test_server_rollouts_equal_the_in_process_engine(server, local, smollm2_toke
         remote = engine.generate(requests, SAMPLING)
     finally:
         engine.close()
-    same(remote, HFEngine(local, pad_token_id=2).generate(requests, SAMPLING))
+    same(remote, hf(local).generate(requests, SAMPLING))
     assert all(len(c.logprobs) == len(c.token_ids) > 0 for c in remote)
 
 
@@ -70,7 +76,7 @@ def test_weight_sync_through_disk_and_adapter(server, local, smollm2_tokenizer, 
     try:
         engine.sync_weights(changed())  # full weights: /update_weights_from_disk
         full = engine.generate(requests, greedy)
-        same(full, HFEngine(changed(), pad_token_id=2).generate(requests, greedy))
+        same(full, hf(changed()).generate(requests, greedy))
         policy = tuners.LoRA(r=4, alpha=8, dropout=0.0).apply(changed())
         with torch.no_grad():
             for name, param in policy.named_parameters():
@@ -80,7 +86,7 @@ def test_weight_sync_through_disk_and_adapter(server, local, smollm2_tokenizer, 
             engine.sync_weights(policy)
         reference = tuners.load_adapter(changed(), str(tmp_path / "v3")).eval()  # what v3 saved
         adapted = engine.generate(requests, greedy)
-        same(adapted, HFEngine(reference, pad_token_id=2).generate(requests, greedy))
+        same(adapted, hf(reference).generate(requests, greedy))
         assert [c.logprobs for c in adapted] != [c.logprobs for c in full]  # the adapter is in use
         assert not (tmp_path / "v2").exists()  # older versions are removed
     finally:
