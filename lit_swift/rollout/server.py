@@ -173,6 +173,7 @@ def rollout(
     if model is None:
         raise ValueError("give --model (spec or HF folder) to serve")
     if backend == "sglang" or (backend == "auto" and sglang.available() is None):
+        sglang.require()
         lora = ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-target-modules", "all"]
         extra = [*(lora if max_lora_rank else []), *(sglang_args or [])]
         sglang.exec_server(sglang.server_args(model, None, None, host, port, api_key, None, extra))

@@ -89,6 +89,7 @@ def deploy(
     if backend == "sglang":
         from lit_swift.rollout import sglang
 
+        sglang.require()
         sglang.exec_server(
             sglang.server_args(model, adapter, template, host, port, api_key, served_model_name, sglang_args)
         )
