@@ -103,3 +103,16 @@ def test_bad_generate_bodies_are_400s(server):
         json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 2, "temperature": 0}},
     )
     assert single.status_code == 200 and len(single.json()["output_ids"]) == 2
+
+
+def test_prefetch_returns_the_rollouts_requested_ahead(server, smollm2_tokenizer):
+    requests = batch(smollm2_tokenizer, n=1)
+    engine = ServerEngine(server, prefetch=True)
+    try:
+        direct = engine.generate(requests, SAMPLING)
+        engine.prefetch_next(requests, SAMPLING)
+        assert engine.pending is not None
+        same(engine.generate(requests, SAMPLING), direct)  # seeded: the prefetched rollouts are the same
+        assert engine.pending is None
+    finally:
+        engine.close()
