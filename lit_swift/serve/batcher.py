@@ -84,7 +84,8 @@ class Job:
     def finish(self, engine_reason: str) -> None:
         if self.finish_reason is None:  # the engine ended the row (its own length cap or stop token)
             self.finish_reason = engine_reason
-            delta = self.text.push(None)
+        if self.finish_reason != "cancelled" and not self.text.stopped:
+            delta = self.text.push(None)  # text held back for a possible stop string is final now
             if delta:
                 self.emit(("token", delta))
         self.emit(("done", self.finish_reason))

@@ -239,6 +239,9 @@ def make_app(backend: Backend, api_key: str | None = None, lifespan=None):
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
         prompt = request.prompt
+        vocab = len(backend.generator.tokenizer)
+        if isinstance(prompt, list) and not all(0 <= t < vocab for t in prompt):
+            raise APIError(400, f"prompt: token ids must lie in [0, {vocab})", "prompt")
         ids = (
             prompt
             if isinstance(prompt, list)
