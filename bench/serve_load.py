@@ -110,7 +110,8 @@ def start(server: str, model: str, port: int) -> tuple[subprocess.Popen, str]:
         "--device",
         "cpu",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log = open(f"/tmp/transformers-serve-{port}.log", "w")  # a pipe nobody reads would fill up and block it
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     import httpx
 
     for _ in range(900):
@@ -120,7 +121,7 @@ def start(server: str, model: str, port: int) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(1)
         if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
+            raise RuntimeError(open(log.name).read())
     raise RuntimeError("transformers serve did not start")
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -18,26 +19,30 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], port: int, timeout: float = 240.0) -> subprocess.Popen:
-    """`python -m lit_swift ARGS` with its log in a pipe; raises with that log if /health never answers."""
+    """`python -m lit_swift ARGS` logging to a temporary file (a pipe nobody reads could fill up and
+    block the server); raises with that log if /health never answers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lit_swift", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+        [sys.executable, "-m", "lit_swift", *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=env
     )
+    proc.log = log
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{output()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"server did not answer /health within {timeout} s:\n{proc.stdout.read()}")
+    raise RuntimeError(f"server did not answer /health within {timeout} s:\n{output()}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
