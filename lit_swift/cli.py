@@ -25,11 +25,15 @@ TOOL_COMMANDS = {
     "data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`",
     "export": "Checkpoint -> HF folder: `lit-swift export --checkpoint RUN/checkpoints/last.ckpt --merge_lora true`",
     "infer": "Generate: `lit-swift infer --adapter RUN/checkpoints/last.hf --prompt 'Hi'` (or --interactive)",
+    "deploy": "OpenAI-compatible server: `lit-swift deploy --model M [--adapter A] --port 8000`",
+    "rollout": "Generation server for GRPO server mode (SGLang API): `lit-swift rollout --model M --port 30000`",
 }
 TOOL_TARGETS: dict[str, str | dict[str, str]] = {
     "data": {"preview": "lit_swift.data.preview:preview_command"},
     "export": "lit_swift.export.merge:export",
     "infer": "lit_swift.export.infer:infer",
+    "deploy": "lit_swift.serve.deploy:deploy",
+    "rollout": "lit_swift.rollout.server:rollout",
 }
 """Each tool command's function (`module:function`), or its sub-commands' functions; a new command adds a
 row here and in `TOOL_COMMANDS`. The function's type hints and `Args:` docstring are its `--help`."""

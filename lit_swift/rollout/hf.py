@@ -8,6 +8,8 @@ the trainer-side recompute of the same per-token log-probs (see `Completion`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,6 +17,9 @@ from torch import Tensor, nn
 from lit_swift import tuners
 from lit_swift.losses.causal_lm import token_logps
 from lit_swift.rollout.engine import Completion, Request, RolloutEngine, SamplingParams
+
+OnToken = Callable[[int, int], bool]
+"""(request index, sampled token id) -> end this completion now."""
 
 
 def rollout_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, Tensor]:
@@ -109,7 +114,11 @@ class HFEngine(RolloutEngine):
     def sync_weights(self, model: nn.Module) -> None:
         self.model = model
 
-    def generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
+    def generate(
+        self, requests: list[Request], sampling: SamplingParams, on_token: OnToken | None = None
+    ) -> list[Completion]:
+        """`on_token(i, token_id)`, if given, sees each token sampled for request i as it is drawn;
+        returning True ends that completion there (serving: streaming, stop strings, gone clients)."""
         assert self.model is not None, "HFEngine.sync_weights(model) binds the policy before generate"
         was_training = self.model.training
         self.model.eval()
@@ -119,12 +128,15 @@ class HFEngine(RolloutEngine):
             with torch.inference_mode(False), torch.no_grad():
                 out = []
                 for start in range(0, len(requests), self.max_batch_size):
-                    out += self._generate(requests[start : start + self.max_batch_size], sampling)
+                    hook = None if on_token is None else (lambda i, t, s=start: on_token(s + i, t))
+                    out += self._generate(requests[start : start + self.max_batch_size], sampling, hook)
             return out
         finally:
             self.model.train(was_training)
 
-    def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
+    def _generate(
+        self, requests: list[Request], sampling: SamplingParams, on_token: OnToken | None
+    ) -> list[Completion]:
         from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
@@ -158,7 +170,7 @@ class HFEngine(RolloutEngine):
                     tokens[b].append(token)
                     logps[b].append(logp)
                     entropy[b] += entropies[b]
-                    done[b] = token in stops
+                    done[b] = token in stops or (on_token is not None and bool(on_token(b, token)))
             if all(done):
                 break
             ids = torch.tensor(chosen, device=device)[:, None]  # [B, 1]
