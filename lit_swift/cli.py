@@ -19,6 +19,7 @@ TOOL_COMMANDS = {
     "data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`",
     "export": "Checkpoint -> HF folder: `lit-swift export RUN/checkpoints/last.ckpt --merge_lora true`",
     "infer": "Generate: `lit-swift infer --adapter RUN/checkpoints/last.hf --prompt 'Hi'` (or --interactive)",
+    "eval": "lm-eval tasks: `lit-swift eval --model M [--adapter A] --tasks litswift --limit 20` (or --server URL)",
 }
 
 
@@ -100,6 +101,14 @@ def run_infer(args: list[str]) -> None:
     CLI(infer, args=args, prog="lit-swift infer")
 
 
+def run_eval(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.eval.harness import evaluate
+
+    CLI(evaluate, args=args, prog="lit-swift eval")
+
+
 def usage() -> str:
     lines = ["usage: lit-swift COMMAND [options]", "", "commands:"]
     for name in TRAINER_COMMANDS:
@@ -127,6 +136,8 @@ def main(args: list[str] | None = None) -> None:
         run_export(rest)
     elif command == "infer":
         run_infer(rest)
+    elif command == "eval":
+        run_eval(rest)
     else:
         print(f"lit-swift: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
