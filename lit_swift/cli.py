@@ -19,6 +19,8 @@ TOOL_COMMANDS = {
     "data": "Inspect a dataset: `lit-swift data preview --model M --dataset FILE`",
     "export": "Checkpoint -> HF folder: `lit-swift export RUN/checkpoints/last.ckpt --merge_lora true`",
     "infer": "Generate: `lit-swift infer --adapter RUN/checkpoints/last.hf --prompt 'Hi'` (or --interactive)",
+    "deploy": "OpenAI-compatible server: `lit-swift deploy --model M [--adapter A] --port 8000`",
+    "rollout": "Generation server for GRPO server mode (SGLang API): `lit-swift rollout --model M --port 30000`",
     "eval": "lm-eval tasks: `lit-swift eval --model M [--adapter A] --tasks litswift --limit 20` (or --server URL)",
 }
 
@@ -101,6 +103,22 @@ def run_infer(args: list[str]) -> None:
     CLI(infer, args=args, prog="lit-swift infer")
 
 
+def run_deploy(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.serve.deploy import deploy
+
+    CLI(deploy, args=args, prog="lit-swift deploy")
+
+
+def run_rollout(args: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lit_swift.rollout.server import rollout
+
+    CLI(rollout, args=args, prog="lit-swift rollout")
+
+
 def run_eval(args: list[str]) -> None:
     from jsonargparse import CLI
 
@@ -136,6 +154,10 @@ def main(args: list[str] | None = None) -> None:
         run_export(rest)
     elif command == "infer":
         run_infer(rest)
+    elif command == "deploy":
+        run_deploy(rest)
+    elif command == "rollout":
+        run_rollout(rest)
     elif command == "eval":
         run_eval(rest)
     else:

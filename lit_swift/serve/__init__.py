@@ -1,0 +1,1 @@
+"""HTTP serving: `lit-swift deploy` (OpenAI-compatible API) and the shared server plumbing."""
