@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -122,8 +123,28 @@ def test_server_evaluation_rejects_log_likelihood_tasks(tiny_tasks_dir):
         )
 
 
-def test_server_matches_local_greedy_exact_match():
-    pytest.skip("needs `lit-swift deploy` (issue 15, branch h15), not merged yet")
+@pytest.mark.slow  # starts a server process: ~1 min alone, several on a loaded CPU
+def test_server_matches_local_greedy_exact_match(tiny_model_dir, tiny_tasks_dir, tmp_path):
+    """`lit-swift deploy` of the 2-layer model, scored through lm-eval's chat-completions model, gives the
+    local HF model's greedy answers (chat template on both sides) and so the same exact match."""
+    if importlib.util.find_spec("lit_swift.serve") is None:
+        pytest.skip("needs `lit-swift deploy` (lit_swift.serve, issue 15)")
+    from tests.serve.helpers import free_port, start_server, stop_server
+
+    port = free_port()
+    server = start_server(["deploy", "--model", tiny_model_dir, "--port", str(port), "--device", "cpu",
+                           "--served_model_name", "tiny"], port)  # fmt: skip
+    try:
+        out = tmp_path / "served"
+        served = harness.evaluate(tasks="tiny_gen", model="tiny", server=f"http://127.0.0.1:{port}",
+                                  include_path=[tiny_tasks_dir], output_dir=str(out))  # fmt: skip
+    finally:
+        stop_server(server)
+    manager = harness.task_manager([tiny_tasks_dir], ["tiny_gen"])
+    local = harness.run_tasks(harness.hf_model(tiny_model_dir, device="cpu"), "tiny_gen", manager=manager)
+    answers = [[s["resps"], s["filtered_resps"]] for s in local["samples"]["tiny_gen"]]
+    assert [[s["resps"], s["filtered_resps"]] for s in served["samples"]["tiny_gen"]] == answers
+    assert numbers(served) == numbers(local)
 
 
 def test_results_json_is_written(tmp_path):
