@@ -101,13 +101,17 @@ class GenerationMetrics(Callback):
 
     Args:
         dataset: JSONL of chat rows (`messages`, OpenAI style): the last assistant message is the
-            reference, the messages before it the prompt. Rows without an assistant reply are an error.
+            reference, the messages before it the prompt (SFT validation files).
+        reference: instead, the column holding the reference answer, every message being the prompt
+            (e.g. `solution` for GRPO prompt rows such as data/grpo/val.jsonl).
         limit: use only the first N rows.
         max_new_tokens: answer length cap.
     """
 
-    def __init__(self, dataset: str, limit: int | None = 16, max_new_tokens: int = 64):
-        self.rows = read_references(Path(dataset), limit)
+    def __init__(
+        self, dataset: str, reference: str | None = None, limit: int | None = 16, max_new_tokens: int = 64
+    ):
+        self.rows = read_references(Path(dataset), reference, limit)
         self.max_new_tokens = max_new_tokens
         self.history: list[tuple[int, dict[str, float]]] = []
 
@@ -151,17 +155,25 @@ def generation_scores(predictions: list[str], references: list[str]) -> dict[str
     return {"exact_match": exact / len(references), "rougeL": float(rouge), "bleu": float(bleu)}
 
 
-def read_references(path: Path, limit: int | None) -> list[tuple[list[dict[str, Any]], str]]:
+def read_references(
+    path: Path, reference: str | None, limit: int | None
+) -> list[tuple[list[dict[str, Any]], str]]:
     """(prompt messages, reference answer) per row; every bad row is reported at once."""
     rows, problems = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        messages = json.loads(line).get("messages") or []
-        if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+        row = json.loads(line)
+        messages = row.get("messages") or []
+        if reference is not None:
+            if not messages or reference not in row:
+                problems.append(f"{path}:{number}: needs `messages` and a `{reference}` column")
+                continue
+            rows.append((messages, str(row[reference])))
+        elif len(messages) < 2 or messages[-1].get("role") != "assistant":
             problems.append(f"{path}:{number}: needs `messages` ending with an assistant reply")
-            continue
-        rows.append((messages[:-1], messages[-1]["content"]))
+        else:
+            rows.append((messages[:-1], messages[-1]["content"]))
     if problems:
         raise ValueError("GenerationMetrics dataset: " + "; ".join(problems))
     if not rows:

@@ -88,3 +88,11 @@ def test_generation_metrics_rejects_rows_without_a_reference(tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: needs `messages` ending with an assistant reply"):
         GenerationMetrics(dataset=str(bad))
+
+
+def test_generation_metrics_reads_grpo_prompt_rows():
+    from lit_swift.callbacks.eval import read_references
+
+    rows = read_references(ROOT / "data/grpo/val.jsonl", "solution", 2)
+    assert rows[0] == ([{"role": "user", "content": "Calculate 4 - 1. Reply with only the number."}], "3")
+    assert len(rows) == 2
