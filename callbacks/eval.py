@@ -15,7 +15,8 @@ class LMEval(Callback):
     """Scores the model being trained (adapters on) on lm-eval tasks and logs `eval/<task>/<metric>`.
 
     Runs on rank 0 (other ranks wait and receive the numbers), so `ModelCheckpoint(monitor=...)` and
-    `EarlyStopping` can use the metrics like any logged value. Needs the `eval` extra.
+    `EarlyStopping` can use the metrics like any logged value. Single-device and DDP runs only (a
+    sharded FSDP/DeepSpeed model cannot run on one rank). Needs the `eval` extra.
 
     Args:
         tasks: comma-separated lm-eval task, tag or group names (default: lit-swift's offline arithmetic
@@ -47,8 +48,15 @@ class LMEval(Callback):
         self._manager = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
         from lit_swift.eval import harness
 
+        if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
+            raise ValueError(
+                f"LMEval runs the model on rank 0 alone, which a sharded model ({type(trainer.strategy).__name__}) "
+                "cannot do: evaluate the saved checkpoints with `lit-swift eval` instead"
+            )
         if trainer.is_global_zero:  # index the tasks and check names and data before any training
             names = harness.split_tasks(self.tasks)
             self._manager = harness.task_manager(self.include_path, names)

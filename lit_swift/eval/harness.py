@@ -167,15 +167,24 @@ def live_model(model, tokenizer, batch_size: int = 8):
 
 
 def server_model(url: str, model: str | None, max_gen_toks: int = 256):
-    """lm-eval's chat-completions model for an OpenAI-compatible server (`lit-swift deploy` or any other)."""
+    """lm-eval's chat-completions model for an OpenAI-compatible server (`lit-swift deploy` or any other).
+
+    `model` is the served model name; by default the first one the server lists at `/v1/models`.
+    """
     from lm_eval.models.openai_completions import LocalChatCompletion
 
-    base = url.rstrip("/")
-    endpoint = (
-        base if base.endswith("/chat/completions") else f"{base.removesuffix('/v1')}/v1/chat/completions"
-    )
+    base = url.rstrip("/").removesuffix("/chat/completions").removesuffix("/v1")
+    if model is None:
+        import requests
+
+        try:
+            model = requests.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
+        except (requests.RequestException, KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"could not read the served model's name from {base}/v1/models ({err}); pass --model"
+            ) from err
     return LocalChatCompletion(
-        base_url=endpoint, model=model or "default", tokenizer_backend=None, max_gen_toks=max_gen_toks
+        base_url=f"{base}/v1/chat/completions", model=model, tokenizer_backend=None, max_gen_toks=max_gen_toks
     )
 
 
@@ -280,7 +289,7 @@ def evaluate(
         tasks: comma-separated lm-eval task, tag or group names, e.g. `litswift_arith,litswift_chitchat`
             or `litswift` (lit-swift's offline tasks). Hub tasks (e.g. `gsm8k`) need their data cached.
         model: built-in alias, HF folder, merged export or hub id; or an adapter folder / `.ckpt`. With
-            `--server`: the model name the server serves.
+            `--server`: the served model's name (default: the first at the server's `/v1/models`).
         adapter: PEFT adapter folder (e.g. `last.hf`) or Lightning `.ckpt` on top of `--model`.
         server: base URL of an OpenAI-compatible server (e.g. `lit-swift deploy`), evaluated through
             lm-eval's chat-completions model (generate-until tasks only; greedy).

@@ -136,6 +136,7 @@ def test_server_matches_local_greedy_exact_match(tiny_model_dir, tiny_tasks_dir,
                            "--served_model_name", "tiny"], port)  # fmt: skip
     try:
         out = tmp_path / "served"
+        assert harness.server_model(f"http://127.0.0.1:{port}/v1", None).model == "tiny"  # from /v1/models
         served = harness.evaluate(tasks="tiny_gen", model="tiny", server=f"http://127.0.0.1:{port}",
                                   include_path=[tiny_tasks_dir], output_dir=str(out))  # fmt: skip
     finally:
