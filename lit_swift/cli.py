@@ -27,6 +27,7 @@ TOOL_COMMANDS = {
     "infer": "Generate: `lit-swift infer --adapter RUN/checkpoints/last.hf --prompt 'Hi'` (or --interactive)",
     "deploy": "OpenAI-compatible server: `lit-swift deploy --model M [--adapter A] --port 8000`",
     "rollout": "Generation server for GRPO server mode (SGLang API): `lit-swift rollout --model M --port 30000`",
+    "eval": "lm-eval tasks: `lit-swift eval --model M [--adapter A] --tasks litswift --limit 20` (or --server URL)",
 }
 TOOL_TARGETS: dict[str, str | dict[str, str]] = {
     "data": {"preview": "lit_swift.data.preview:preview_command"},
@@ -34,6 +35,7 @@ TOOL_TARGETS: dict[str, str | dict[str, str]] = {
     "infer": "lit_swift.export.infer:infer",
     "deploy": "lit_swift.serve.deploy:deploy",
     "rollout": "lit_swift.rollout.server:rollout",
+    "eval": "lit_swift.eval.harness:evaluate",
 }
 """Each tool command's function (`module:function`), or its sub-commands' functions; a new command adds a
 row here and in `TOOL_COMMANDS`. The function's type hints and `Args:` docstring are its `--help`."""
