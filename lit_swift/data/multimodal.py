@@ -281,3 +281,22 @@ class MultimodalDataModule(SFTDataModule):
 
     def _collate_units(self, units: list[Unit], step_total: int) -> dict[str, Any]:
         return self.collate([[sample for _, sample in unit] for unit in units], step_total)
+
+
+def preview_hooks(model: str, encoder: ChatEncoder, dataset: str):
+    """`data preview` for a vision-language model: (encode row, compact text), else the text-only pair.
+
+    Images are expanded as in training (paths relative to the dataset's folder); a run of image tokens is
+    shown as `<image>×16`.
+    """
+    from lit_swift.multimodal.folders import is_vision_language
+
+    if not is_vision_language(model):
+        return (lambda row, where: encoder.encode(row)), (lambda text: text)
+    mm = MultimodalEncoder(encoder, load_processor(model))
+    run = re.compile(f"(?:{re.escape(mm.image_token)})+")
+
+    def compact(text: str) -> str:
+        return run.sub(lambda m: f"{mm.image_token}×{len(m.group(0)) // len(mm.image_token)}", text)
+
+    return (lambda row, where: mm.encode(row, where, Path(dataset).parent)), compact

@@ -154,3 +154,14 @@ def test_image_column_must_hold_strings():
         rows.to_canonical(chat("<image>?", "red", [3]), "chat")
     assert rows.to_canonical(chat("?", "red", [{"path": "a.png"}]), "chat").images == ["a.png"]
     assert isinstance(rows.to_canonical(chat("?", "red"), "chat"), ChatRow)
+
+
+def test_data_preview_shows_where_the_image_tokens_land(tmp_path, capsys):
+    from lit_swift.cli import main
+
+    write_image(tmp_path / "r.png", "red")
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("What colour?", "red", ["r.png"]), chat("Hi", "Hello")])
+    main(["data", "preview", MODEL, str(data)])
+    out = capsys.readouterr().out
+    assert "<|im_start|>user\n<image>×16What colour?<|im_end|>" in out
+    assert "⟦red<|im_end|>⟧" in out and "rows: 2" in out
