@@ -248,7 +248,8 @@ class MultimodalDataModule(SFTDataModule):
             )
 
     def _encode_one(self, row: ChatRow, where: Any) -> Encoded:
-        base_dir = Path(where.source).parent if hasattr(where, "source") else None
+        # a Provenance when read whole, its `file:line` text when streamed
+        base_dir = Path(where.source if hasattr(where, "source") else str(where).rsplit(":", 1)[0]).parent
         try:
             sample = self.encoder.encode(row, str(where), base_dir)
         except ImageError as err:

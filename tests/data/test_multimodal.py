@@ -165,3 +165,12 @@ def test_data_preview_shows_where_the_image_tokens_land(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "<|im_start|>user\n<image>×16What colour?<|im_end|>" in out
     assert "⟦red<|im_end|>⟧" in out and "rows: 2" in out
+
+
+def test_streaming_reads_images_relative_to_the_data_file(tmp_path):
+    write_image(tmp_path / "r.png", "red")
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("<image>?", "red", ["r.png"]), chat("Hi", "Hello")])
+    dm = MultimodalDataModule(tokenizer=MODEL, dataset=str(data), batch_size=2, streaming=True, shuffle=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[IMAGE_INPUTS]["pixel_values"].shape == (1, 3, 32, 32) and batch["num_samples"] == 2
