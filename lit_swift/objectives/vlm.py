@@ -172,6 +172,7 @@ class VLMSFT(SFT):
         super().configure_model()
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if getattr(self.trainer.datamodule, "packing", False) and not self.parts.packing:
             raise ValueError(
                 f"packing: this model family ({self.model_spec}) builds its attention from more than 1-D "

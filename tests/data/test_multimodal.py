@@ -115,6 +115,9 @@ def test_text_and_image_rows_share_a_datamodule_and_images_follow_token_order(tm
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         assert batch["num_samples"] == 3 and ("cu_seqlens" in batch) == packing
+        assert (
+            batch["step_target_tokens"] == batch["num_target_tokens"] == 3 * 2
+        )  # each one-token answer + <|im_end|>
         # the k-th image's pixels belong to the k-th sample with image tokens, in row-major token order
         ids, seg, tgt = (batch[k].flatten().tolist() for k in ("input_ids", "segment_ids", "targets"))
         segments = list(
