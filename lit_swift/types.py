@@ -26,10 +26,15 @@ class Message(TypedDict, total=False):
 
 @dataclass
 class ChatRow:
-    """A conversation for SFT: `messages` (ending with an assistant turn), optional `tools`."""
+    """A conversation for SFT: `messages` (ending with an assistant turn), optional `tools`.
+
+    `images` (multimodal rows): paths or base64 strings, one per `<image>` tag in the user turns, or put
+    before the first user turn when there is no tag (see `lit_swift.data.multimodal`).
+    """
 
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
+    images: list[str] | None = None
 
 
 @dataclass

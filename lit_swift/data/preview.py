@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from itertools import groupby
 
 from lit_swift import models
-from lit_swift.data import sources
+from lit_swift.data import multimodal, sources
 from lit_swift.data.template import ChatEncoder, LossOn
 from lit_swift.types import IGNORE_INDEX, ChatRow, EncodedSample
 
@@ -48,13 +48,14 @@ def preview(
     encoder = ChatEncoder(
         tokenizer, system=system, loss_on=loss_on, template=template, allow_empty_labels=True
     )
+    encode, compact = multimodal.preview_hooks(model, encoder, dataset)  # images: their token runs shown
     colour = sys.stdout.isatty()
     marks = COLOURS if colour else MARKS
     shown, lengths, problems = [], [], []
     num_trained = 0
     for where, row in read_chat_rows(dataset):
         try:
-            sample = encoder.encode(row) if isinstance(row, ChatRow) else None
+            sample = encode(row, where) if isinstance(row, ChatRow) else None
         except ValueError as err:  # TemplateError: the template cannot locate the answers
             row = err
         if not isinstance(row, ChatRow):
@@ -66,7 +67,7 @@ def preview(
         num_trained += sample.num_label_tokens
         if len(shown) < num_rows:
             title = f"--- {where}: {len(sample)} tokens, {sample.num_label_tokens} trained"
-            shown.append(f"{title}\n{mark_trained(tokenizer, sample, marks, max_length)}")
+            shown.append(f"{title}\n{compact(mark_trained(tokenizer, sample, marks, max_length))}")
     legend = "bold green" if colour else f"{MARKS[0]} {MARKS[1]}"
     head = f"{dataset} encoded with {encoder.name}, loss_on={loss_on}; trained text in {legend}"
     return "\n".join(

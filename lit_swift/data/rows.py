@@ -318,7 +318,21 @@ def _chat(raw: dict[str, Any]) -> ChatRow:
     if msgs[-1]["role"] != "assistant":
         raise RowError(f"chat row must end with an assistant turn, not {msgs[-1]['role']!r}", "no_answer")
     _check(msgs)
-    return ChatRow(messages=msgs, tools=tools)
+    return ChatRow(messages=msgs, tools=tools, images=_images(raw.get("images")))
+
+
+def _images(value: Any) -> list[str] | None:
+    """ms-swift's `images` column: a path or base64 string, a list of them, or `{"path": ...}` objects."""
+    if value in (None, []):
+        return None
+    items = value if isinstance(value, list) else [value]
+    refs = [item.get("path") if isinstance(item, dict) else item for item in items]
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, str) or not ref:
+            raise RowError(
+                f"images[{i}] must be a path or base64 string, got {_tname(items[i])}", "bad_image"
+            )
+    return refs
 
 
 def _text(raw: dict[str, Any]) -> TextRow:

@@ -224,6 +224,7 @@ def infer(
     dtype: models.Dtype = "auto",
     config_overrides: dict[str, Any] | None = None,
     device: str = "auto",
+    images: list[str] | None = None,
 ) -> list[str] | None:
     """Answer a prompt, a conversation, a JSONL file, or chat interactively.
 
@@ -247,6 +248,8 @@ def infer(
         dtype: weight dtype; `auto` keeps the checkpoint's.
         config_overrides: model config fields overriding the run's, e.g. `{num_hidden_layers: 2}`.
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ...
+        images: image files (or base64) for `--prompt`/`--messages` to a vision-language model; `<image>`
+            tags place them, else they go before the first user message (see docs/multimodal.md).
     """
     chosen = [bool(prompt), bool(messages), interactive, bool(input_file)]
     if sum(chosen) != 1:
@@ -257,6 +260,14 @@ def infer(
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, repetition_penalty)
     generator = load_generator(model, adapter, template, system, dtype, config_overrides, device)
     torch.manual_seed(seed)
+    if images:
+        if interactive or input_file:
+            raise ValueError("--images goes with --prompt or --messages")
+        from lit_swift.multimodal.evaluate import answer_with_images
+
+        answers = [answer_with_images(generator, conversation, images, sampling.generate_kwargs())]
+        print(answers[0])
+        return answers
     if interactive:
         return chat(generator, sampling)
     if input_file:

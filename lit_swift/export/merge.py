@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lit_swift import atomic, models, tuners
+from lit_swift.multimodal import folders
 
 CONFIG_NAME = "lit_swift_config.yaml"
 """The run's resolved LightningCLI config, copied next to every HF folder and export."""
@@ -132,7 +133,9 @@ def load_adapter(
     if not spec:
         raise ValueError(f"adapter {folder} names no base model; pass it with --model")
     overrides = config_overrides if config_overrides is not None else init_args.get("config_overrides")
-    base = models.load_model(spec, dtype=dtype, config_overrides=overrides)
+    base = models.load_model(
+        spec, dtype=dtype, config_overrides=overrides, model_class=folders.model_class(spec)
+    )
     peft_model = tuners.load_adapter(base, folder).eval()
     has_tokenizer = (folder / "tokenizer_config.json").exists()
     tokenizer = models.load_tokenizer(str(folder) if has_tokenizer else spec)
@@ -164,7 +167,9 @@ def load_trained(
         return load_adapter(path, model, config_overrides, dtype)
     if path.is_dir() and not (path / "config.json").exists():
         raise ValueError(f"{path} is neither an adapter folder (adapter_config.json) nor an HF model folder")
-    net = models.load_model(source, dtype=dtype, config_overrides=config_overrides).eval()
+    net = models.load_model(
+        source, dtype=dtype, config_overrides=config_overrides, model_class=folders.model_class(source)
+    ).eval()
     config_file = path / CONFIG_NAME if (path / CONFIG_NAME).exists() else None
     return Trained(net, models.load_tokenizer(source), read_config(config_file), config_file)
 
@@ -217,6 +222,8 @@ def export(
         else:
             net.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         trained.tokenizer.save_pretrained(str(tmp))
+        base_spec = ((trained.config.get("model") or {}).get("init_args") or {}).get("model")
+        folders.save_processor(model or base_spec or (checkpoint if source.is_dir() else None), tmp)
         extras = getattr(trained.objective, "write_export_files", None)
         if extras is not None and info["merged"]:
             extras(tmp)

@@ -1,0 +1,1 @@
+"""Vision-language models built offline from parts (see `assemble.py`)."""
