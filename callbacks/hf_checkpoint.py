@@ -91,8 +91,8 @@ class HFCheckpoint(ModelCheckpoint):
         """
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         reached = 0 < trainer.max_steps <= trainer.global_step
-        if reached and self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if reached and self.save_last:
+            self._save_now(trainer)
         stepped = trainer.global_step > self._step_before
         if (
             stepped
@@ -124,13 +124,18 @@ class HFCheckpoint(ModelCheckpoint):
             flush=True,
         )
 
+    def _save_now(self, trainer) -> None:
+        """Save this step (as `last`, and under its own name when `last` is a link or off), unless saved."""
+        if self._last_global_step_saved == trainer.global_step:
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last is not True:  # a `link` would point `last` at an earlier step
+            self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+        if self.save_last:
+            self._save_last_checkpoint(trainer, candidates)
+
     def _stop(self, trainer) -> None:
-        if self._last_global_step_saved != trainer.global_step:
-            candidates = self._monitor_candidates(trainer)
-            if self.save_last:
-                self._save_last_checkpoint(trainer, candidates)
-            else:
-                self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+        self._save_now(trainer)
         signum = self._signal or signal.SIGTERM  # a rank without the signal stops with the ones that got it
         rank_zero_info(
             f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; checkpoint "

@@ -45,10 +45,12 @@ def shortened(path: Path, root: Path) -> Path:
     model = config["model"]["init_args"]
     model["config_overrides"] = {**(model.get("config_overrides") or {}), "num_hidden_layers": 2}
     data = config["data"]["init_args"]
-    data["dataset"] = few_rows(data["dataset"], 40)
-    if data.get("val_dataset"):
-        data["val_dataset"] = few_rows(data["val_dataset"], 8)
-    data.update(batch_size=2, max_length=min(data.get("max_length", 128), 128))
+    for key, rows in (("dataset", 40), ("val_dataset", 8)):
+        if data.get(key):
+            data[key] = few_rows(data[key], rows)
+    for key, limit in (("batch_size", 2), ("max_length", 128)):
+        if key in data:
+            data[key] = min(data[key], limit)
     out = root / path.name
     out.write_text(yaml.safe_dump(config))
     return out

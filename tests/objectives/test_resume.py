@@ -172,11 +172,14 @@ def test_sigkill_then_resume_last_reproduces_the_loss_curve(tmp_path):
     while not list((killed_dir / "runs").glob("lightning_logs/version_0/checkpoints/epoch=1-step=7.ckpt")):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 1 (5 micro-batches per epoch); last.ckpt is >= step 6
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 1 (5 micro-batches per epoch): a checkpoint >= step 7
     proc.wait()
-    last = killed_dir / "runs/lightning_logs/version_0/checkpoints/last.ckpt"
-    resumed_from = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 6 <= resumed_from < 9
+    # `--ckpt_path last` resumes from the newest complete checkpoint, which may be newer than last.ckpt
+    checkpoints = (killed_dir / "runs/lightning_logs/version_0/checkpoints").glob("*.ckpt")
+    resumed_from = max(
+        torch.load(p, map_location="cpu", weights_only=True)["global_step"] for p in checkpoints
+    )
+    assert 7 <= resumed_from < 9
 
     subprocess.run(command(config, "--ckpt_path", "last"), cwd=ROOT, env=env, check=True, capture_output=True)
     resumed = losses_by_step(killed_dir / "runs")  # the killed process may never have flushed its log
