@@ -147,8 +147,7 @@ class GRPO(CausalLMObjective):
     def on_fit_start(self) -> None:
         self.engine.sync_weights(self.model)
 
-    def on_validation_start(self) -> None:
-        self.engine.sync_weights(self.model)
+    on_validation_start = on_fit_start
 
     def teardown(self, stage: str) -> None:
         self.engine.close()
@@ -238,7 +237,6 @@ class GRPO(CausalLMObjective):
                 return None
         self.rollouts_done += 1
         self.update(rollout)
-        return None
 
     def global_sum(self, value: float, op: str = "sum") -> float:
         """`value` reduced over the ranks (`sum` or `max`)."""
@@ -370,11 +368,13 @@ class GRPO(CausalLMObjective):
         self.log_dict({f"train/{k}": v for k, v in self.last_rollout.items()}, batch_size=1)
 
     def maybe_write_completions(self, prompts: list[str], texts: list[str], rewards: Tensor) -> None:
-        if not self.log_every or self.rollouts_done % self.log_every or self.global_rank != 0:
+        if not self.log_every or self.rollouts_done % self.log_every:
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank
+        if self.global_rank != 0:
             return
         rows = zip(prompts, texts, rewards.tolist(), strict=True)
         table = [(self.global_step, p, t, r) for p, t, r in rows][: self.num_logged]
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         write_completions(folder / "completions.csv", table, self.loggers, self.global_step)
 
     # ----- checkpoints -----

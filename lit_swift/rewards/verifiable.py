@@ -18,6 +18,14 @@ def answer_text(completion: str) -> str:
     return found[-1].strip() if found else completion.strip()
 
 
+def final_answer(completion: str) -> str:
+    """The answer part of a completion: the last `<answer>` tag's text, else what follows the last `=`
+    (the result of a worked equation), else the whole completion."""
+    if ANSWER_TAG.search(completion):
+        return answer_text(completion)
+    return completion.rsplit("=", 1)[-1].strip()
+
+
 def last_number(text: str) -> float | None:
     numbers = NUMBER.findall(text.replace(",", ""))
     return float(numbers[-1]) if numbers else None
@@ -47,11 +55,13 @@ class ExactMatch(Reward):
 
 
 class MathAccuracy(Reward):
-    """1.0 when the completion's answer equals the row's `solution`, else 0.0.
+    """1.0 when the completion's final answer equals the row's `solution`, else 0.0.
 
-    Uses math-verify (LaTeX/expression equivalence) when installed (`pip install lit-swift[rl]`) and
-    the last plain number otherwise or when math-verify parses nothing. The answer is the text of the
-    last `<answer>` tag when there is one.
+    The final answer is the last `<answer>` tag's text, else the text after the last `=`, else the
+    whole completion (see `final_answer`); its LaTeX, or else its last number, is compared with the
+    solution by math-verify when installed (`pip install lit-swift[rl]`: `1/2` equals `0.5`), by plain
+    number otherwise. Expressions in plain text are not evaluated: a completion that only restates
+    the question ("5 - 9 = ?") is wrong.
 
     Args:
         column: the row column holding the reference answer.
@@ -71,9 +81,15 @@ class MathAccuracy(Reward):
         return [float(self.correct(c, s)) for c, s in zip(completions, kwargs[self.column], strict=True)]
 
     def correct(self, completion: str, solution: Any) -> bool:
-        answer = answer_text(completion)
+        answer = final_answer(completion)
         if self.math_verify is not None:
-            gold, parsed = self.math_verify.parse(str(solution)), self.math_verify.parse(answer)
+            # LaTeX goes to math-verify whole; plain text only by its last number, so that restating
+            # the question ("5 - 9 = ?", "to calculate 7 + 10, add") is not an expression equal to it
+            latex = "\\" in answer or "$" in answer
+            numbers = NUMBER.findall(answer.replace(",", ""))
+            predicted = answer if latex else (numbers[-1] if numbers else "")
+            gold = self.math_verify.parse(str(solution))
+            parsed = self.math_verify.parse(predicted) if predicted else []
             if gold and parsed:
                 return bool(self.math_verify.verify(gold, parsed))
         return plain_number_match(answer, str(solution))

@@ -70,6 +70,10 @@ def test_math_accuracy_with_math_verify_and_plain_number_fallback():
     completions = ["3 + 4 = 7", "<answer>\\frac{1}{2}</answer>", "eight", "<answer>0.5</answer>"]
     solutions = ["7", "0.5", "8", "1/2"]
     assert acc(completions, solution=solutions) == [1.0, 1.0, 0.0, 1.0]
+    # restating the question is not an answer, whatever the expression evaluates to
+    restated = ["5 - 9 = ?", "To calculate 7 + 10, simply add", "7 - 8 equals 3, which is 7 - 8 is"]
+    assert acc(restated, solution=["-4", "17", "-1"]) == [0.0, 0.0, 0.0]
+    assert acc(["1 - 6 = -5", "7 + 10 = 17 is right"], solution=["-5", "17"]) == [1.0, 1.0]
     acc.math_verify = None  # as without the package: the last plain number decides
     assert acc(["3 + 4 = 7", "so 12,000", "none"], solution=["7", "12000", "1"]) == [1.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="'solution' column"):

@@ -20,13 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def fit(root: Path, *extra: str) -> None:
     sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5}}
     dapo = {"class_path": "lit_swift.losses.rl.DAPOLoss"}
+    plugin = str(ROOT / "tests/objectives/grpo_plugin.py") + ":diversity"  # rewards that spread
     args = [
         sys.executable, "-m", "lit_swift", "fit", "--config", str(ROOT / "configs/debug/grpo.yaml"), *extra,
         "--model.init_args.optimizer", json.dumps(sgd), "--model.init_args.loss", json.dumps(dapo),
+        "--model.init_args.rewards", json.dumps([plugin]), "--model.init_args.reward_weights", "null",
         "--model.init_args.mini_batch_size", "3", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
         "--trainer.default_root_dir", str(root),
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         args,
         cwd=ROOT,
