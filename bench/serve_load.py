@@ -42,17 +42,23 @@ def prompt(i: int) -> list[dict]:
 
 async def one(client, model: str, i: int, max_tokens: int) -> dict:
     start = time.perf_counter()
-    first, tokens = None, 0
+    first, tokens, chunks = None, None, 0
     stream = await client.chat.completions.create(
         model=model, messages=prompt(i), max_tokens=max_tokens, temperature=0.7, seed=i, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
     async for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - start
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            first = time.perf_counter() - start if first is None else first
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
-    return {"latency": time.perf_counter() - start, "ttft": first or 0.0, "tokens": tokens}
+    # a server that sends no usage: one streamed chunk per token
+    return {
+        "latency": time.perf_counter() - start,
+        "ttft": first or 0.0,
+        "tokens": chunks if tokens is None else tokens,
+    }
 
 
 async def load(

@@ -97,10 +97,12 @@ class Batcher:
     Args:
         engine: generates a batch and calls `on_token(row, token_id) -> stop_row` per sampled token.
         max_batch_size: most completions generated together.
+        batch_wait: seconds a batch that is not full waits for one more request before it starts;
+            each arrival restarts the wait (clients answered together come back together).
     """
 
-    def __init__(self, engine, max_batch_size: int = 32):
-        self.engine, self.max_batch_size = engine, max_batch_size
+    def __init__(self, engine, max_batch_size: int = 32, batch_wait: float = 0.05):
+        self.engine, self.max_batch_size, self.batch_wait = engine, max_batch_size, batch_wait
         self.waiting: list[Job] = []
         self.cond = threading.Condition()
         self.closed = False
@@ -132,6 +134,11 @@ class Batcher:
                 self.cond.wait()
             if not self.waiting:
                 return None
+            while len(self.waiting) < self.max_batch_size and not self.closed:
+                count = len(self.waiting)
+                self.cond.wait(self.batch_wait)
+                if len(self.waiting) == count:
+                    break
             key = replace(self.waiting[0].sampling, max_new_tokens=0)
             batch = [j for j in self.waiting if replace(j.sampling, max_new_tokens=0) == key]
             batch = batch[: self.max_batch_size]

@@ -22,6 +22,7 @@ def load_backend(
     system: str | None,
     name: str | None,
     max_batch_size: int,
+    batch_wait_ms: float,
     dtype: models.Dtype,
     config_overrides: dict[str, Any] | None,
     device: str,
@@ -41,7 +42,7 @@ def load_backend(
     engine = HFEngine(max_batch_size, pad_token_id=generator.pad_id)
     engine.sync_weights(generator.model)
     name = name or served_name(model, adapter)
-    return Backend(name, generator, Batcher(engine, max_batch_size), int(context))
+    return Backend(name, generator, Batcher(engine, max_batch_size, batch_wait_ms / 1000), int(context))
 
 
 def served_name(model: str | None, adapter: str | None) -> str:
@@ -63,6 +64,7 @@ def deploy(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_batch_size: int = 32,
+    batch_wait_ms: float = 50.0,
     dtype: models.Dtype = "auto",
     config_overrides: dict[str, Any] | None = None,
     device: str = "auto",
@@ -81,6 +83,7 @@ def deploy(
         api_key: require `Authorization: Bearer <api_key>` on every route but /health.
         served_model_name: the `model` name clients use (default: the model spec or adapter folder name).
         max_batch_size: most completions generated together (hf backend).
+        batch_wait_ms: how long a batch that is not full waits for one more request (hf backend).
         dtype: weight dtype; `auto` keeps the checkpoint's.
         config_overrides: model config fields overriding the run's, e.g. `{num_hidden_layers: 2}`.
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ... (hf backend).
@@ -97,7 +100,16 @@ def deploy(
     from lit_swift.serve.openai_api import make_app
 
     loaded = load_backend(
-        model, adapter, template, system, served_model_name, max_batch_size, dtype, config_overrides, device
+        model,
+        adapter,
+        template,
+        system,
+        served_model_name,
+        max_batch_size,
+        batch_wait_ms,
+        dtype,
+        config_overrides,
+        device,
     )
 
     @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ def test_adapter_is_merged_and_names_the_model(tmp_path):
                 param.normal_(std=0.05)
     folder = tmp_path / "my-run.hf"
     model.save_pretrained(str(folder))
-    backend = load_backend(SMOLLM2, str(folder), None, None, None, 4, "float32", TWO_LAYERS, "cpu")
+    backend = load_backend(SMOLLM2, str(folder), None, None, None, 4, 50.0, "float32", TWO_LAYERS, "cpu")
     try:
         assert backend.name == "my-run" and not tuners.is_peft(backend.generator.model)
         request = ChatRequest(
