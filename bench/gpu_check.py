@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+DEVICE = "cuda"
+"""`--cpu-smoke` sets "cpu": the whole check on a tiny model, to test the script itself without a GPU."""
 HEADER = ("run", "tok/s", "MFU %", "peak GB", "loss first->last", "s/step")
 
 
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--dry-run", action="store_true", help="check imports, arguments, tokenizer and data; no training"
+    )
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="every step on CPU (with a tiny --layers/--hidden)"
     )
     args = p.parse_args(argv)
     runs = args.runs.split(",")
@@ -92,14 +97,14 @@ def write_model(folder: Path, config, tokenizer_dir: str) -> None:
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
     for name in Path(tokenizer_dir).iterdir():
         if name.is_file() and ("token" in name.name or name.suffix == ".jinja"):
             shutil.copy(name, folder / name.name)
     del model
-    torch.cuda.empty_cache()
+    empty_cache()
 
 
 def write_data(path: Path, tokenizer, num_rows: int, max_tokens: int, seed: int) -> None:
@@ -114,15 +119,25 @@ def write_data(path: Path, tokenizer, num_rows: int, max_tokens: int, seed: int)
             f.write(json.dumps(row) + "\n")
 
 
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def empty_cache() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
 def bf16_peak(n: int = 8192, reps: int = 10) -> float:
     """Best bf16 `torch.matmul` FLOP/s of n³ products on this GPU."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
     best = math.inf
     for _ in range(reps + 2):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         a @ b
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
@@ -140,12 +155,12 @@ class StepTimer:
 
         class _Timer(L.Callback):
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                torch.cuda.synchronize()
+                sync()
                 timer._start = time.perf_counter()
                 timer.tokens.append(int((batch["segment_ids"] >= 0).sum()))
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                torch.cuda.synchronize()
+                sync()
                 timer.times.append(time.perf_counter() - timer._start)
                 timer.losses.append(float(trainer.callback_metrics.get("train/loss", float("nan"))))
 
@@ -164,7 +179,7 @@ def train(args, folder: Path, data: Path, kind: str, liger: bool, peak: float, l
     lr = 2e-4 if kind == "lora" else 1e-5
     module = SFT(
         model=str(folder), tuner=tuner, scheduler=Constant(), liger_kernels=liger,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
     )  # fmt: skip
     dm = SFTDataModule(
         tokenizer=str(folder), dataset=str(data), max_length=args.max_length, packing=True,
@@ -172,12 +187,13 @@ def train(args, folder: Path, data: Path, kind: str, liger: bool, peak: float, l
     )  # fmt: skip
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=args.steps, logger=False,
+        accelerator="gpu" if DEVICE == "cuda" else "cpu", devices=1, precision="bf16-mixed", max_steps=args.steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False, callbacks=[timer.make()],
         gradient_clip_val=1.0,
     )  # fmt: skip
-    torch.cuda.reset_peak_memory_stats()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
     steady = slice(args.warmup, None)
     seconds, tokens = sum(timer.times[steady]), sum(timer.tokens[steady])
@@ -186,12 +202,12 @@ def train(args, folder: Path, data: Path, kind: str, liger: bool, peak: float, l
         "run": f"{kind}{' + liger' if liger else ''}",
         "tok/s": tokens / seconds,
         "MFU %": 100 * flops_per_token * tokens / seconds / peak,
-        "peak GB": torch.cuda.max_memory_allocated() / 1e9,
+        "peak GB": torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else float("nan"),
         "loss first->last": f"{timer.losses[0]:.3f}->{timer.losses[-1]:.3f}",
         "s/step": seconds / len(timer.times[steady]),
     }
     del trainer, module, dm
-    torch.cuda.empty_cache()
+    empty_cache()
     return result
 
 
@@ -208,14 +224,16 @@ def loss_equality(folder: Path, data: Path, max_length: int, num_samples: int = 
     # every token trained: the chat template is not what this checks
     ids = [tok(t).input_ids[: max_length // 2] for t in texts]
     samples = [EncodedSample(x, list(x)) for x in ids]
-    model = models.load_model(str(folder), dtype="float32", attn_implementation="sdpa_varlen").cuda().eval()
+    model = (
+        models.load_model(str(folder), dtype="float32", attn_implementation="sdpa_varlen").to(DEVICE).eval()
+    )
     bins = pack_first_fit_decreasing([len(s.input_ids) for s in samples], max_length)
     packed = collate_packed([[samples[i] for i in b] for b in bins], tok.pad_token_id)
     padded = collate_padded(samples, tok.pad_token_id)
 
     def mean_nll(batch: dict, autocast: bool) -> float:
-        batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        batch = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
             hidden = model.model(**model_inputs(batch)).last_hidden_state
             mask = batch["targets"] != IGNORE_INDEX
             logits = model.lm_head(hidden[mask]).float()
@@ -262,17 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: imports, arguments, tokenizer and data are fine; nothing trained")
         return 0
-    if not torch.cuda.is_available():
-        print("no CUDA device: run with --dry-run on CPU", file=sys.stderr)
+    global DEVICE
+    DEVICE = "cpu" if args.cpu_smoke else "cuda"
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --dry-run (or --cpu-smoke) on CPU", file=sys.stderr)
         return 2
     folder = out / "model"
     shutil.rmtree(folder, ignore_errors=True)
     write_model(folder, config, args.tokenizer)
-    peak = bf16_peak()
-    print(f"device: {torch.cuda.get_device_name()}, bf16 matmul peak {peak / 1e12:.0f} TFLOP/s (8192^3)")
-    print(f"packed attention kernel: {attention.packed_kernel(torch.device('cuda'))}")
+    peak = bf16_peak(256 if args.cpu_smoke else 8192)
+    name = (
+        torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (smoke run: figures are not GPU figures)"
+    )
+    print(f"device: {name}, bf16 matmul peak {peak / 1e12:.3f} TFLOP/s")
+    print(f"packed attention kernel: {attention.packed_kernel(torch.device(DEVICE))}")
     equal = loss_equality(folder, data, args.max_length)
-    torch.cuda.empty_cache()
+    empty_cache()
     rows = [train(args, folder, data, k, lg, peak, linear_n) for k in args.runs.split(",") for lg in ligers]
     print(table(rows))
     for name in ("fp32", "bf16"):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,3 +45,18 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_step(tmp_path, smollm2_dir):
+    """`--cpu-smoke` on a tiny model: model folder, peak, packed == padded loss, LoRA and full training, table."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/gpu_check.py"), "--tokenizer", smollm2_dir, "--cpu-smoke",
+         "--layers", "2", "--hidden", "128", "--intermediate", "256", "--heads", "4", "--kv-heads", "2",
+         "--max-length", "256", "--rows", "2", "--steps", "3", "--warmup", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1800, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| lora |" in proc.stdout and "| full |" in proc.stdout
+    assert "packed == padded loss: PASS" in proc.stdout
+    assert (tmp_path / "results.json").exists()
