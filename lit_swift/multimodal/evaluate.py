@@ -1,7 +1,7 @@
 """Held-out exact match of a vision-language model's greedy answers (e.g. on `scripts/make_image_data.py` rows).
 
 `ExactMatch` logs `val/exact_match` before training and after every validation, so a run's metrics show
-whether the model learns to see: chance on the synthetic questions is about 1/6 to 1/4 per task.
+whether the model learns to see: chance on the synthetic questions is 1/6 to 1/3 per task.
 """
 
 from __future__ import annotations

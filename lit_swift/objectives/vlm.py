@@ -88,6 +88,10 @@ class PartTuner(tuners.Tuner):
         lora = copy.copy(self.inner)
         lora.target_modules = self.llm_targets(model) if "llm" in self.trainable else []
         full = [getattr(self.parts, p) for p in ("vision", "aligner") if p in self.trainable]
+        if not lora.target_modules and "llm" in self.trainable:
+            raise ValueError(
+                f"LoRA target_modules {self.inner.target_modules!r} match no linear layer of the language model"
+            )
         if not lora.target_modules:
             raise ValueError(
                 "freeze_llm with a LoRA tuner leaves LoRA nothing to adapt (it adapts only the language "

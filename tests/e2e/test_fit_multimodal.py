@@ -70,11 +70,11 @@ def test_merged_export_reloads_with_auto_classes_and_gives_the_checkpoint_logits
     assert before.keys() == after.keys() and not all(torch.equal(before[n], after[n]) for n in before)
 
 
-def test_infer_answers_about_an_image(merged, tmp_path, capsys):
+def test_infer_answers_about_an_image(merged, tmp_path, capsys, monkeypatch):
     from lit_swift.export.infer import infer
 
-    image = tmp_path / "red.png"
-    Image.new("RGB", (32, 32), "red").save(image)
+    monkeypatch.chdir(ROOT)
+    image = "data/multimodal/red_circle.png"  # the picture docs/multimodal.md asks about
     main(["infer", "--model", str(merged), "--prompt", "What colour is the shape?", "--images", f"[{image}]",
           "--max_new_tokens", "4"])  # fmt: skip
     printed = capsys.readouterr().out.strip()
@@ -84,3 +84,4 @@ def test_infer_answers_about_an_image(merged, tmp_path, capsys):
     assert answers == [printed.splitlines()[-1]]
     with pytest.raises(ValueError, match=r"--images: image '.*gone.png' not found"):
         infer(model=str(merged), prompt="?", images=[str(tmp_path / "gone.png")])
+    assert Image.open(image).size == (32, 32)

@@ -96,9 +96,19 @@ def test_full_tuner_with_frozen_llm_trains_exactly_the_vision_tower():
     assert trained == num_params(objective, "vision")
 
 
-def test_lora_with_frozen_llm_is_refused():
+def test_lora_with_frozen_llm_or_no_target_is_refused():
     with pytest.raises(ValueError, match="freeze_llm with a LoRA tuner leaves LoRA nothing to adapt"):
         make(freeze_llm=True, freeze_vision=False)
+    with pytest.raises(
+        ValueError, match=r"target_modules \['fc1'\] match no linear layer of the language model"
+    ):
+        make(tuner=tuners.LoRA(target_modules=["fc1"]))  # fc1 exists only in the vision tower
+
+
+def test_lora_target_names_select_language_model_layers_only():
+    objective = make(tuner=tuners.LoRA(r=2, target_modules=["q_proj", "out_proj"]))
+    adapted = {n.split(".lora_")[0] for n, p in objective.model.named_parameters() if p.requires_grad}
+    assert adapted and all(n.endswith("self_attn.q_proj") and "language_model" in n for n in adapted)
 
 
 def test_each_part_gets_its_learning_rate():
