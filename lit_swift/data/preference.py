@@ -168,8 +168,8 @@ class PreferenceDataModule(PlannedDataModule):
         if not self.train_items and not self.streaming:
             raise ValueError(f"{self.dataset}: no training rows left after encoding (see the log above)")
 
-    def _read(self, paths: list[str]) -> list[tuple[Any, str, float]]:
-        rows = super()._read(paths)
+    def _read(self, paths: list[str], split: str = "training") -> list[tuple[Any, str, float]]:
+        rows = super()._read(paths, split)
         margins = self._margins(self._specs(paths)) if self.margin_column else {}
         return [(row, str(where), margins.get(str(where), 0.0)) for row, where in rows]
 

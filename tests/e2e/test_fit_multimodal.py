@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def merged(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "merged"
-    main(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--merge_lora", "true",
+    main(["export", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--merge_lora", "true",
           "--output_dir", str(out)])  # fmt: skip
     return out
 

@@ -64,7 +64,7 @@ def test_adapter_folder_and_its_merged_export_score_the_same(tiny_model_dir, tin
     adapter = tmp_path / "adapter"
     get_peft_model(base, config).save_pretrained(str(adapter))  # random B: the adapter changes the model
     merged = tmp_path / "merged"
-    cli.main(["export", str(adapter), "--merge_lora", "true", "--output_dir", str(merged)])
+    cli.main(["export", "--checkpoint", str(adapter), "--merge_lora", "true", "--output_dir", str(merged)])
     manager = harness.task_manager([tiny_tasks_dir], ["tiny_mc", "tiny_ppl"])
     lm = harness.hf_model(adapter=str(adapter), model=tiny_model_dir, device="cpu")
     assert isinstance(lm.model, PeftModel)  # loaded by lm-eval with `peft=`

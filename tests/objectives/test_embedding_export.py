@@ -54,7 +54,7 @@ def test_exported_checkpoint_reloads_in_sentence_transformers_with_the_same_vect
 
     ckpt, run_config, expected = trained_checkpoint(tmp_path, pooling)
     out = tmp_path / "export"
-    main(["export", str(ckpt), "--run_config", str(run_config), "--output_dir", str(out)])
+    main(["export", "--checkpoint", str(ckpt), "--run_config", str(run_config), "--output_dir", str(out)])
     assert (out / "modules.json").exists() and (out / "1_Pooling" / "config.json").exists()
     model = SentenceTransformer(str(out), device="cpu")
     assert model.max_seq_length == 256  # the base model's, not a training max_length
