@@ -144,3 +144,17 @@ def test_streaming_an_empty_or_all_bad_file_is_an_error(tmp_path, smollm2_dir):
             ValueError, match=re.escape(f"{path}: no training rows of kind 'chat' in the stream: {expected}")
         ):
             next(iter(dm.train_dataloader()))
+
+
+def test_a_failed_start_keeps_an_existing_root_and_other_runs(tmp_path, capsys):
+    root = tmp_path / "run"
+    (root / "lightning_logs" / "version_0").mkdir(parents=True)
+    (root / "lightning_logs" / "version_0" / "metrics.csv").write_text("step\n")
+    (root / "notes.txt").write_text("mine")
+    fail(capsys, fit(str(tmp_path / "missing.jsonl"), root))
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "lightning_logs",
+        "lightning_logs/version_0",
+        "lightning_logs/version_0/metrics.csv",
+        "notes.txt",
+    ]
