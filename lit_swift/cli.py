@@ -66,10 +66,11 @@ class LitSwiftCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if self.parse_only:
             return
+        made_root = not Path(self.trainer.default_root_dir).exists()
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            remove_unstarted_run(self.trainer)
+            remove_unstarted_run(self.trainer, made_root)
             raise
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
@@ -90,22 +91,24 @@ class LitSwiftCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def remove_unstarted_run(trainer) -> None:
-    """Delete the run folder of a run that failed before its first optimizer step, and empty parents.
+def remove_unstarted_run(trainer, made_root: bool) -> None:
+    """Delete the run folder of a run that failed before its first optimizer step, and its empty parents.
 
     Only a folder holding nothing but `RUN_FILES` goes (Lightning creates it, and the resolved config,
     before the data is read), so a failed start leaves no `lightning_logs/version_N` to confuse the next.
+    Parents are removed up to `default_root_dir`, which goes too when this run created it (`made_root`).
     """
     if trainer is None or trainer.global_step > 0 or trainer.global_rank != 0 or trainer.log_dir is None:
         return
-    run = Path(trainer.log_dir)
-    if not run.is_dir() or any(p.is_dir() or p.name not in RUN_FILES for p in run.iterdir()):
+    run, root = Path(trainer.log_dir).resolve(), Path(trainer.default_root_dir).resolve()
+    if not run.is_dir() or not run.is_relative_to(root):
+        return
+    if any(p.is_dir() or p.name not in RUN_FILES for p in run.iterdir()):
         return
     for path in run.iterdir():
         path.unlink()
-    root = Path(trainer.default_root_dir).resolve()
     for folder in [run, *run.parents]:
-        if folder.resolve() in (Path.cwd().resolve(), root.parent) or any(folder.iterdir()):
+        if (folder == root and not made_root) or not folder.is_relative_to(root) or any(folder.iterdir()):
             break
         folder.rmdir()
 

@@ -4,6 +4,7 @@ folder; no run trains on zero rows (issue 13, items 2 and 3)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,34 @@ def test_debug_flag_and_env_show_the_traceback(monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ArgumentError):
         main(["fit", "--config", DEBUG_SFT, "--data.init_args.bogus", "3"])
+
+
+def test_streaming_an_empty_or_all_bad_file_is_an_error(tmp_path, smollm2_dir):
+    """Before: an empty stream under max_steps restarted its empty pass forever."""
+    empty, bad = tmp_path / "empty.jsonl", tmp_path / "bad.jsonl"
+    empty.write_text("")
+    bad.write_text('{"foo": 1}\n')
+    for path, expected in (
+        (empty, "read 0, kept 0"),
+        (bad, f"read 1, kept 0 (no_format 1); e.g. {bad}:1: row has"),
+    ):
+        dm = SFTDataModule(smollm2_dir, str(path), streaming=True, on_bad_row="skip")
+        dm.setup("fit")
+        with pytest.raises(
+            ValueError, match=re.escape(f"{path}: no training rows of kind 'chat' in the stream: {expected}")
+        ):
+            next(iter(dm.train_dataloader()))
+
+
+def test_a_failed_start_keeps_an_existing_root_and_other_runs(tmp_path, capsys):
+    root = tmp_path / "run"
+    (root / "lightning_logs" / "version_0").mkdir(parents=True)
+    (root / "lightning_logs" / "version_0" / "metrics.csv").write_text("step\n")
+    (root / "notes.txt").write_text("mine")
+    fail(capsys, fit(str(tmp_path / "missing.jsonl"), root))
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "lightning_logs",
+        "lightning_logs/version_0",
+        "lightning_logs/version_0/metrics.csv",
+        "notes.txt",
+    ]

@@ -2,7 +2,8 @@
 
 Commands in fenced code blocks are parsed with `main(args, parse_only=True)` (the same parser a real run
 uses, nothing is built); the cheap ones (`--help`, `--print_config`, `data preview`) run for real. A
-synopsis in inline code (`lit-swift data preview --model M --dataset FILE`) must name a real command,
+synopsis in inline code (`lit-swift data preview --model M --dataset FILE`), in the docs or in
+`lit-swift --help`, must name a real command,
 and each `--flag` it shows must be in that command's `--help`. New pages and commands are picked up
 automatically.
 """
@@ -74,7 +75,11 @@ def inline_synopses() -> list[tuple[str, str]]:
 
 
 FENCED = fenced_commands()
-SYNOPSES = inline_synopses()
+SYNOPSES = inline_synopses() + [
+    (f"lit-swift --help: {name}", m.group(1))
+    for name, text in cli.TOOL_COMMANDS.items()
+    for m in INLINE.finditer(text)
+]
 
 
 def test_the_docs_show_commands():

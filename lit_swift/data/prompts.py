@@ -129,7 +129,7 @@ class PromptDataModule(PlannedDataModule):
         return [ids for ids, _ in prompts], [extra for _, extra in prompts]
 
     def _encode_one(self, row: PromptRow, where: Any) -> Encoded:
-        ids = self.encoder.prompt_ids(row.messages, row.tools)
+        ids = self.encoder.prompt_ids(row.messages, row.tools, str(where))
         if len(ids) <= self.max_prompt_length:
             return Encoded([(ids, row.extra)])
         note = f"prompt(s) longer than {self.max_prompt_length} tokens, truncation={self.truncation}"

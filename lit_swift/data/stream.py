@@ -184,11 +184,24 @@ class StreamLoader:
                 self._check_replay(k)
             if k > skip:
                 yield plan.collate(list(mb), total)
+        if report.rows.num_kept == 0 or (k == 0 and plan.world_size == 1 and not resuming):
+            raise ValueError(self._empty_pass(report))
         if k < skip:
             rank_zero_warn(
                 f"resuming the stream: epoch {epoch} has {k} batches, the checkpoint had done {skip}"
             )
         report.log()
+
+    def _empty_pass(self, report: PassReport) -> str:
+        """Why a pass served nothing, so a run never "trains" on an empty stream (forever, under max_steps)."""
+        files = ", ".join(str(spec.path) for spec in self.rows.specs)
+        if report.rows.num_kept:
+            return f"{files}: no training sample is left after encoding (raise max_length or use truncation: right/left)"
+        problems = f"; e.g. {report.rows.problems[0]}" if report.rows.problems else ""
+        return (
+            f"{files}: no training rows of kind {self.rows.kind!r} in the stream: {report.rows.reasons()}{problems} "
+            "(give a file with rows, fix the rows or map columns with `columns`)"
+        )
 
     def report_unfinished(self) -> None:
         """Log the counts of a pass the run left before its end (e.g. at `max_steps`)."""

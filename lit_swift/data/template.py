@@ -382,9 +382,15 @@ class ChatEncoder:
         """Prompt + one assistant answer, labels only on the answer (preference, KTO)."""
         return replace(self, loss_on="last_assistant").encode(ChatRow([*prompt, completion], tools))
 
-    def prompt_ids(self, messages: list[Message], tools=None) -> list[int]:
-        """Token ids of the conversation followed by the assistant header (for generation)."""
+    def prompt_ids(self, messages: list[Message], tools=None, where: str | None = None) -> list[int]:
+        """Token ids of the conversation followed by the assistant header (for generation).
+
+        With `where` (a training prompt's `file:line`) the render is checked as training rows are
+        (`check_rendered`); inference leaves it to the template (Qwen3's drops earlier reasoning on purpose).
+        """
         text = self.render_text(messages, tools, add_generation_prompt=True)
+        if where is not None:
+            check_rendered(text, self._prepare(messages), tools, f"{where}: {self.name}")
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
 

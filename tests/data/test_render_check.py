@@ -101,3 +101,10 @@ def test_training_stops_at_the_row_with_its_file_and_line(tmp_path, smollm2_dir)
     dm = SFTDataModule(smollm2_dir, str(path), template="chatml", encode_cache=False)
     dm.setup("fit")
     assert len(dm.train_samples) == 2
+
+
+def test_rl_prompts_are_checked_too(smollm2_tokenizer):
+    prompt = [{"role": "user", "content": "Weather in Paris?"}]
+    with pytest.raises(TemplateError, match="prompts.jsonl:3: .* tool 'get_weather' of the tools list"):
+        ChatEncoder(smollm2_tokenizer).prompt_ids(prompt, TOOLS, "prompts.jsonl:3")
+    assert ChatEncoder(smollm2_tokenizer, template="chatml").prompt_ids(prompt, TOOLS, "prompts.jsonl:3")
