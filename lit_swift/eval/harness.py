@@ -219,8 +219,13 @@ def run_tasks(
             )
     groups: dict[bool, list[str]] = {}
     for name, leaf_tasks in loaded.items():
-        use = chat_template if chat_template is not None else asks_for_chat(leaf_tasks)
-        groups.setdefault(bool(use or chat_only), []).append(name)
+        # a tag (e.g. `litswift`) is only a list of tasks: each decides; a group aggregates, so it runs whole
+        units = (
+            [(name, leaf_tasks)] if name in manager.all_groups else [(t.config.task, [t]) for t in leaf_tasks]
+        )
+        for unit, unit_tasks in units:
+            use = chat_template if chat_template is not None else asks_for_chat(unit_tasks)
+            groups.setdefault(bool(use or chat_only), []).append(unit)
     merged: dict[str, Any] = {}
     for use_chat, names in sorted(groups.items()):
         out = lm_eval.simple_evaluate(

@@ -13,6 +13,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 TINY_TASKS = {
     "tiny_mc": """
+tag: [tiny]
 task: tiny_mc
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: "{data}"}}}}
@@ -25,6 +26,7 @@ metric_list:
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
 """,
     "tiny_gen": """
+tag: [tiny]
 task: tiny_gen
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: "{data}"}}}}
@@ -43,6 +45,7 @@ metric_list:
 metadata: {{chat_template: true}}
 """,
     "tiny_ppl": """
+tag: [tiny]
 task: tiny_ppl
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: "{data}"}}}}

@@ -23,17 +23,21 @@ def numbers(results: dict) -> dict[str, float]:
 
 
 def test_cli_gives_the_numbers_of_lm_eval_called_directly(tiny_model_dir, tiny_tasks_dir, tmp_path, capsys):
-    """5-row tasks of each request type; the generate-until task asks for the chat template."""
+    """5-row tasks of each request type, asked for by their tag; only the generate-until task asks for the
+    chat template, so the tag's tasks run as two lm-eval calls."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     out = tmp_path / "eval"
-    cli.main(["eval", "--model", tiny_model_dir, "--tasks", "tiny_mc,tiny_gen,tiny_ppl",
+    cli.main(["eval", "--model", tiny_model_dir, "--tasks", "tiny",
               "--include_path", f"[{tiny_tasks_dir}]", "--device", "cpu", "--output_dir", str(out)])  # fmt: skip
     table = capsys.readouterr().out
     assert "tiny_mc" in table and "word_perplexity" in table and f"results written to {out}" in table
     ours = json.loads((out / "results.json").read_text())
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 15
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 15
+    prompts = {s["task"]: s["arguments"][0][0] for s in samples}
+    assert prompts["tiny_gen"].startswith("<|im_start|>system") and "<|im_start|>" not in prompts["tiny_mc"]
     manager = TaskManager(include_path=tiny_tasks_dir, include_defaults=False)
     args = {"pretrained": tiny_model_dir, "device": "cpu", "batch_size": 8}
     direct = lm_eval.simple_evaluate(
