@@ -35,7 +35,17 @@ def test_export_refuses_a_checkpoint_that_would_run_code(tmp_path):
     with pytest.raises(
         ValueError, match=r"evil.ckpt holds Python objects that could run code .*posix.system"
     ):
-        main(["export", "--checkpoint", str(ckpt), "--run_config", str(run_config), "--output_dir", str(tmp_path / "out")])
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--run_config",
+                str(run_config),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
