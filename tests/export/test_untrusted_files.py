@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -26,15 +27,13 @@ class Planted:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_export_refuses_a_checkpoint_that_would_run_code(tmp_path):
+def test_export_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
     # main before: torch.load(weights_only=False) ran the planted command while loading
     marker = tmp_path / "ran"
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Planted(marker)}, ckpt)
     run_config = ROOT / "configs/debug/sft.yaml"
-    with pytest.raises(
-        ValueError, match=r"evil.ckpt holds Python objects that could run code .*posix.system"
-    ):
+    with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "export",
@@ -46,6 +45,10 @@ def test_export_refuses_a_checkpoint_that_would_run_code(tmp_path):
                 str(tmp_path / "out"),
             ]
         )
+    assert exit_info.value.code == 2
+    assert re.search(
+        r"evil.ckpt holds Python objects that could run code .*posix.system", capsys.readouterr().err
+    )
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
