@@ -53,7 +53,7 @@ def check(args: list[str]) -> None:
             if isinstance(path, str):
                 problems += _data_problems(f"data.init_args.{key}", path)
     if problems:
-        raise ValueError("\n".join(["problems found before start-up:", *(f"  {p}" for p in problems)]))
+        raise ValueError("\n".join(problems))
 
 
 def _config_files(args: list[str]) -> list[str]:
@@ -174,7 +174,8 @@ def main(args: list[str] | None = None) -> None:
         try:
             check(argv[1:])
         except ValueError as err:
-            print(f"lit-swift {argv[0]}: error: {err}", file=sys.stderr)
+            for problem in str(err).splitlines():  # the same `error: where: what` lines as lit_swift.cli
+                print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2) from None
     from lit_swift.cli import main as cli_main
 

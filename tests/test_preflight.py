@@ -48,7 +48,7 @@ def test_every_data_and_model_problem_is_listed_once(tmp_path, monkeypatch):
     assert f"data.init_args.dataset: {rows}:4: expected a JSON object, got list" in text
     assert "data.init_args.val_dataset: missing/val.jsonl: no such file" in text
     assert "model.init_args.model ./no/such/model: no such folder" in text
-    assert text.count("\n") == 4  # a header line and the four problems
+    assert text.count("\n") == 3  # the four problems, one line each
 
 
 def test_row_count_suffix_and_model_folder_without_config(tmp_path, monkeypatch):
@@ -88,6 +88,6 @@ def test_cli_error_comes_before_heavy_imports(tmp_path):
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     assert out.stdout.strip() == "exit 2 False False", out.stderr
-    assert "lit-swift fit: error: problems found before start-up:" in out.stderr
+    assert out.stderr.startswith("error: data.init_args.dataset: ")
     assert "data/quickstart/nope.jsonl: no such file" in out.stderr
     assert elapsed < 10  # < 1 s on a quiet host; generous for a loaded CI machine
