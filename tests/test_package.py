@@ -40,3 +40,16 @@ def test_console_script_and_module_entry_point():
     assert "fit" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "lit_swift", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
+
+
+def test_every_package_folder_is_installed():
+    """A wheel holds only the packages pyproject.toml lists: every folder with an __init__.py is one."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts) for init in (root / "lit_swift").rglob("__init__.py")
+    }
+    assert found - listed == set()
