@@ -251,11 +251,20 @@ def _folder_signature(folder: str) -> tuple[tuple[str, int, int], ...]:
     return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
+TRUST_REMOTE_CODE_ENV = "LIT_SWIFT_TRUST_REMOTE_CODE"
+"""Set to 1 to let model folders run their own code (`auto_map`, transformers' `trust_remote_code`).
+Off by default: a downloaded folder's Python files are never imported unless you opt in."""
+
+
+def trust_remote_code() -> bool:
+    return os.environ.get(TRUST_REMOTE_CODE_ENV) == "1"
+
+
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(spec: str, folder: str, signature: tuple) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code())
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -300,7 +309,11 @@ def load_model(
     cls = model_class or AutoModelForCausalLM
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = cls.from_pretrained(
-        resolve(spec), dtype=torch_dtype, attn_implementation=attn_implementation, **(config_overrides or {})
+        resolve(spec),
+        dtype=torch_dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code(),
+        **(config_overrides or {}),
     )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

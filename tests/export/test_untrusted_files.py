@@ -64,3 +64,21 @@ def test_a_model_folders_custom_code_is_not_run(tmp_path, smollm2_dir):
     model = models.load_model(str(folder), config_overrides={"num_hidden_layers": 1})
     assert type(model).__module__.startswith("transformers.models.llama")  # the library's class, not evil.py
     assert not marker.exists()
+
+
+def test_remote_code_runs_only_when_the_user_opts_in(tmp_path, smollm2_dir, monkeypatch):
+    folder = tmp_path / "remote-code-model"
+    folder.mkdir()
+    config = json.loads((Path(smollm2_dir) / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "imported"
+    (folder / "custom.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n    pass\n"
+    )
+    (folder / "model.safetensors").symlink_to(Path(smollm2_dir) / "model.safetensors")
+    monkeypatch.setenv(models.TRUST_REMOTE_CODE_ENV, "1")
+    with pytest.raises(ValueError, match="CustomConfig"):  # its config class has no causal-LM mapping
+        models.load_model(str(folder), config_overrides={"num_hidden_layers": 1})
+    assert marker.exists()  # the folder's own code ran, because the user asked for it
