@@ -164,7 +164,7 @@ def test_data_preview_shows_where_the_image_tokens_land(tmp_path, capsys):
 
     write_image(tmp_path / "r.png", "red")
     data = write_jsonl(tmp_path / "d.jsonl", [chat("What colour?", "red", ["r.png"]), chat("Hi", "Hello")])
-    main(["data", "preview", MODEL, str(data)])
+    main(["data", "preview", "--model", MODEL, "--dataset", str(data)])
     out = capsys.readouterr().out
     assert "<|im_start|>user\n<image>×16What colour?<|im_end|>" in out
     assert "⟦red<|im_end|>⟧" in out and "rows: 2" in out

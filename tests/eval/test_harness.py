@@ -88,7 +88,7 @@ def test_adapter_folder_and_its_merged_export_score_the_same(tiny_model_dir, tin
 def test_unknown_task_is_a_clear_error(tiny_tasks_dir):
     with pytest.raises(ValueError, match=r"unknown lm-eval task\(s\): 'tiny_nope' \(did you mean tiny_"):
         cli.main(["eval", "--model", "smollm2-135m-instruct", "--tasks", "tiny_nope",
-                  "--include_path", f"[{tiny_tasks_dir}]"])  # fmt: skip
+                  "--include_path", f"[{tiny_tasks_dir}]", "--debug"])  # fmt: skip
 
 
 def test_task_whose_data_is_on_the_hub_fails_fast_offline(tmp_path, monkeypatch):
@@ -102,7 +102,7 @@ def test_task_whose_data_is_on_the_hub_fails_fast_offline(tmp_path, monkeypatch)
         ValueError, match="'hub_task' reads its data from the Hugging Face hub.*HF_HUB_OFFLINE is set"
     ):
         cli.main(["eval", "--model", "no-such-model-is-loaded", "--tasks", "hub_task",
-                  "--include_path", f"[{tmp_path}]"])  # fmt: skip
+                  "--include_path", f"[{tmp_path}]", "--debug"])  # fmt: skip
 
 
 def test_shipped_tasks_load_offline():
