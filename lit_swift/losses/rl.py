@@ -116,6 +116,17 @@ def clip_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, low: float, hi
     }
 
 
+def clipped_surrogate(
+    ratio: Tensor, batch: PolicyBatch, epsilon_low: float, epsilon_high: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """-min(r A, clip(r, 1 - epsilon_low, 1 + epsilon_high) A) per token, for any ratio r [N, T]."""
+    a = batch.advantages[:, None]  # [N, 1]
+    clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
+    losses = -torch.minimum(ratio * a, clipped * a)  # [N, T]
+    metrics = clip_metrics(ratio.detach(), a.expand_as(ratio), batch.mask, epsilon_low, epsilon_high)
+    return losses, metrics
+
+
 class GRPOLoss(PolicyLoss):
     """PPO clipped surrogate per token, mean per completion then over completions (Shao et al. 2024,
     DeepSeekMath, arXiv:2402.03300). `epsilon_high > epsilon_low` is DAPO's clip-higher.
@@ -129,13 +140,7 @@ class GRPOLoss(PolicyLoss):
 
     def token_losses(self, batch: PolicyBatch) -> tuple[Tensor, dict[str, Tensor]]:
         ratio = torch.exp(batch.logps - batch.old_logps)  # [N, T]
-        a = batch.advantages[:, None]  # [N, 1]
-        clipped = ratio.clamp(1 - self.epsilon_low, 1 + self.epsilon_high)
-        losses = -torch.minimum(ratio * a, clipped * a)  # [N, T]
-        metrics = clip_metrics(
-            ratio.detach(), a.expand_as(ratio), batch.mask, self.epsilon_low, self.epsilon_high
-        )
-        return losses, metrics
+        return clipped_surrogate(ratio, batch, self.epsilon_low, self.epsilon_high)
 
 
 class DAPOLoss(GRPOLoss):
@@ -179,13 +184,7 @@ class GSPOLoss(PolicyLoss):
         log_ratio = masked_mean(batch.logps - batch.old_logps, batch.mask, dim=-1)  # [N]
         # s_i,t = sg[s_i] * pi_t / sg[pi_t]: the value s_i, the gradient s_i * d log pi_t
         ratio = torch.exp(log_ratio.detach()[:, None] + batch.logps - batch.logps.detach())  # [N, T]
-        a = batch.advantages[:, None]  # [N, 1]
-        clipped = ratio.clamp(1 - self.epsilon_low, 1 + self.epsilon_high)
-        losses = -torch.minimum(ratio * a, clipped * a)  # [N, T]
-        metrics = clip_metrics(
-            ratio.detach(), a.expand_as(ratio), batch.mask, self.epsilon_low, self.epsilon_high
-        )
-        return losses, metrics
+        return clipped_surrogate(ratio, batch, self.epsilon_low, self.epsilon_high)
 
 
 class CISPOLoss(PolicyLoss):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -131,8 +130,6 @@ def test_server_evaluation_rejects_log_likelihood_tasks(tiny_tasks_dir):
 def test_server_matches_local_greedy_exact_match(tiny_model_dir, tiny_tasks_dir, tmp_path):
     """`lit-swift deploy` of the 2-layer model, scored through lm-eval's chat-completions model, gives the
     local HF model's greedy answers (chat template on both sides) and so the same exact match."""
-    if importlib.util.find_spec("lit_swift.serve") is None:
-        pytest.skip("needs `lit-swift deploy` (lit_swift.serve, issue 15)")
     from tests.serve.helpers import free_port, start_server, stop_server
 
     port = free_port()
