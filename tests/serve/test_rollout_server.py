@@ -49,7 +49,9 @@ def same(a, b):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
     for x, y in zip(a, b, strict=True):
-        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+        # same tokens exactly; log-probs from differently composed fp32 batches (server vs in-process)
+        # differ by reduction order: 1.09e-4 seen once on a full-suite run
+        assert x.logprobs == pytest.approx(y.logprobs, abs=5e-4)
 
 
 def test_server_rollouts_equal_the_in_process_engine(server, local, smollm2_tokenizer):
