@@ -8,11 +8,17 @@ rollout buffer is never part of one (dynamic sampling's kept groups waiting for 
 Each completion samples from `completion_seed(seed, epoch, row id, generation index)`: completions do
 not depend on how prompts are split over ranks, micro-batches or engine batches. The loss is the
 step's loss under any split: its normalisers (tokens, completions) are summed over all ranks first.
+
+With an asynchronous engine (`ServerEngine(prefetch=True)`) generation runs one step ahead: each
+`training_step` sends its batch's prompts to the engine and trains on the previous batch's rollout,
+generated with the weights of one optimizer step earlier (the first step only sends). That rollout is
+part of the checkpoint (its completions are awaited and saved), so resuming continues exactly.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +132,7 @@ class GRPO(CausalLMObjective):
         self.automatic_optimization = False
         self.reference: torch.nn.Module | None = None
         self.pending: list[Rollout] = []  # dynamic sampling: kept groups waiting for the step to fill
+        self.in_flight: tuple[dict[str, Any], Future] | None = None  # asynchronous engine: next rollout
         self.draws = 0
         self.rollouts_done = 0
         self.last_rollout: dict[str, float] = {}  # the latest rollout's stats (this rank)
@@ -165,8 +172,8 @@ class GRPO(CausalLMObjective):
             stop_token_ids=tuple(sorted(stops)),
         )
 
-    def generate(self, batch: dict[str, Any], num: int, sampling: SamplingParams) -> tuple[list, list]:
-        """`num` completions per prompt of `batch` (flat, prompt-major) and the prompts they continue."""
+    def submit(self, batch: dict[str, Any], num: int, sampling: SamplingParams) -> tuple[list, Future]:
+        """Start `num` completions per prompt of `batch`: the prompts (flat, prompt-major) and a future."""
         prompts = [
             row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
         ]
@@ -176,8 +183,12 @@ class GRPO(CausalLMObjective):
             for p, row in zip(prompts, batch["row_ids"], strict=True)
             for g in range(num)
         ]
-        flat = [r.prompt_ids for r in requests]
-        return flat, self.engine.generate(requests, sampling)
+        return [r.prompt_ids for r in requests], self.engine.submit(requests, sampling)
+
+    def generate(self, batch: dict[str, Any], num: int, sampling: SamplingParams) -> tuple[list, list]:
+        """`num` completions per prompt of `batch` (flat, prompt-major) and the prompts they continue."""
+        prompts, future = self.submit(batch, num, sampling)
+        return prompts, future.result()
 
     def score(self, batch: dict[str, Any], prompts: list, completions: list[Completion], num: int):
         """Total reward [P*G], per-function rewards and the completion texts."""
@@ -197,10 +208,11 @@ class GRPO(CausalLMObjective):
         total, per_function = self.reward_set.score(texts, columns)
         return total, per_function, texts, columns["prompts"]
 
-    def rollout(self, batch: dict[str, Any]) -> tuple[Rollout, Tensor]:
-        """Generate, score and compute advantages for one batch; returns the rollout and its rewards [P, G]."""
+    def rollout(self, batch: dict[str, Any], generated: tuple | None = None) -> tuple[Rollout, Tensor]:
+        """Generate (unless `generated` holds the prompts and completions), score and compute advantages
+        for one batch; returns the rollout and its rewards [P, G]."""
         g = self.num_generations
-        prompts, completions = self.generate(batch, g, self.sampling())
+        prompts, completions = generated or self.generate(batch, g, self.sampling())
         total, per_function, texts, prompt_texts = self.score(batch, prompts, completions, g)
         rewards = total.view(-1, g)  # [P, G]
         advantages = self.group_advantages(rewards).flatten()  # [P*G]
@@ -217,7 +229,12 @@ class GRPO(CausalLMObjective):
 
     # ----- training -----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        rollout, rewards = self.rollout(batch)
+        generated = None
+        if self.engine.asynchronous:  # send this batch, train on the one sent a step ago
+            batch, generated = self.swap_in_flight(batch)
+            if batch is None:
+                return None
+        rollout, rewards = self.rollout(batch, generated)
         if self.dynamic_sampling:
             keep = (~zero_spread_groups(rewards)).repeat_interleave(self.num_generations)
             self.pending.append(rollout.take(keep.nonzero()[:, 0].tolist()))
@@ -237,6 +254,16 @@ class GRPO(CausalLMObjective):
                 return None
         self.rollouts_done += 1
         self.update(rollout)
+
+    def swap_in_flight(self, batch: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple | None]:
+        """Send `batch` to the asynchronous engine; return the batch sent before, with its rollouts."""
+        prompts, future = self.submit(batch, self.num_generations, self.sampling())
+        previous = self.in_flight
+        self.in_flight = (_plain(batch, prompts), future)
+        if previous is None:
+            return None, None
+        sent, future = previous
+        return sent, (sent["prompts"], future.result())
 
     def global_sum(self, value: float, op: str = "sum") -> float:
         """`value` reduced over the ranks (`sum` or `max`)."""
@@ -380,10 +407,16 @@ class GRPO(CausalLMObjective):
     # ----- checkpoints -----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        in_flight = None
+        if self.in_flight is not None:  # the rollout generating now: awaited and saved with the weights
+            sent, future = self.in_flight
+            comps = [(c.token_ids, c.logprobs, c.finish_reason) for c in future.result()]
+            in_flight = {**sent, "completions": comps}
         checkpoint["grpo"] = {
             "pending": [r.state() for r in self.pending],
             "draws": self.draws,
             "rollouts_done": self.rollouts_done,
+            "in_flight": in_flight,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -391,6 +424,22 @@ class GRPO(CausalLMObjective):
         state = checkpoint.get("grpo", {})
         self.pending = [Rollout.from_state(s) for s in state.get("pending", [])]
         self.draws, self.rollouts_done = state.get("draws", 0), state.get("rollouts_done", 0)
+        self.in_flight = None
+        if state.get("in_flight"):
+            sent = dict(state["in_flight"])
+            future: Future = Future()
+            future.set_result([Completion(t, lp, f) for t, lp, f in sent.pop("completions")])
+            self.in_flight = (sent, future)
+
+
+def _plain(batch: dict[str, Any], prompts: list[list[int]]) -> dict[str, Any]:
+    """What scoring and dynamic sampling need of a prompt batch, as checkpoint-safe lists."""
+    return {
+        "prompts": prompts,
+        "row_ids": [int(r) for r in batch["row_ids"]],
+        "extra": list(batch["extra"]),
+        "step_num_rows": int(batch["step_num_rows"]),
+    }
 
 
 def _rows(batch: dict[str, Tensor], rows: list[int]) -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ how prompts are split over ranks, micro-batches or engine batches.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,11 +61,26 @@ class Completion:
 
 
 class RolloutEngine(ABC):
-    """Generates completions for the policy being trained and follows its weights."""
+    """Generates completions for the policy being trained and follows its weights.
+
+    `asynchronous` engines generate in the background (`submit` returns at once); GRPO then trains
+    one rollout behind generation (one step off-policy, see `lit_swift.objectives.grpo`).
+    """
+
+    asynchronous: bool = False
 
     @abstractmethod
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
         """One `Completion` per request, in order."""
+
+    def submit(self, requests: list[Request], sampling: SamplingParams) -> Future[list[Completion]]:
+        """`generate` as a future; here it runs at once, an asynchronous engine returns before it ends."""
+        future: Future[list[Completion]] = Future()
+        try:
+            future.set_result(self.generate(requests, sampling))
+        except Exception as error:  # noqa: BLE001 - handed to whoever reads the future
+            future.set_exception(error)
+        return future
 
     @abstractmethod
     def sync_weights(self, model: torch.nn.Module) -> None:

@@ -3,8 +3,8 @@
 The wire format lives here once, for both sides: `generate_body` / `completions_of` on the client,
 `requests_of` / `output_of` in `lit-swift rollout`. Weights follow the trainer through the disk:
 a full model is saved as an HF folder and loaded with `/update_weights_from_disk`; a LoRA policy
-saves only its adapter and reloads it with `/load_lora_adapter`. With `prefetch`, the next batch's
-rollouts are requested while the trainer still works on the current one (one step off-policy).
+saves only its adapter and reloads it with `/load_lora_adapter`. With `prefetch`, `submit` returns at
+once and the server generates while the trainer trains on the previous rollout (one step off-policy).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import torch
 from lit_swift.rollout.engine import Completion, Request, RolloutEngine, SamplingParams
 
 ADAPTER = "policy"
-"""The LoRA adapter name the trainer loads its policy under."""
+"""The LoRA adapter name the trainer loads its policy under (+ this engine's id and the version: several
+trainers, DDP ranks or a resumed run can share one server)."""
 
 
 def sampling_dict(sampling: SamplingParams, seed: int) -> dict[str, Any]:
@@ -124,8 +125,9 @@ class ServerEngine(RolloutEngine):
         api_key: bearer key of the server, if it needs one.
         weights_dir: folder both sides can read where `sync_weights` writes the policy (default: a
             temporary folder, which is enough when the server runs on the same node).
-        prefetch: request the next `generate` call's rollouts ahead (one step asynchronous, see
-            `prefetch_next`); off by default.
+        prefetch: generate in the background: GRPO then sends the next batch's prompts before it
+            trains on the current rollout, which was generated with the weights of one optimizer step
+            earlier (one step off-policy; pair it with `tis_cap`). Off by default.
         timeout: seconds one HTTP call may take.
     """
 
@@ -144,9 +146,11 @@ class ServerEngine(RolloutEngine):
         self.own_dir = weights_dir is None
         self.weights_dir = Path(weights_dir or tempfile.mkdtemp(prefix="lit-swift-weights-"))
         self.lora: str | None = None
+        self.name = f"{ADAPTER}-{secrets.token_hex(4)}"
         self.version = 0
+        self.asynchronous = prefetch
         self.pool = ThreadPoolExecutor(1) if prefetch else None
-        self.pending: tuple[tuple, Future] | None = None
+        self.in_flight: Future | None = None
 
     def _post(self, route: str, body: dict) -> Any:
         answer = self.client.post(route, json=body)
@@ -156,28 +160,31 @@ class ServerEngine(RolloutEngine):
             )
         return answer.json()
 
-    def _generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
-        outputs = self._post("/generate", generate_body(requests, sampling, self.lora))
+    def _generate(
+        self, requests: list[Request], sampling: SamplingParams, lora: str | None
+    ) -> list[Completion]:
+        outputs = self._post("/generate", generate_body(requests, sampling, lora))
         return completions_of(outputs if isinstance(outputs, list) else [outputs])
 
     def generate(self, requests: list[Request], sampling: SamplingParams) -> list[Completion]:
-        key = (tuple((tuple(r.prompt_ids), r.seed) for r in requests), sampling, self.version)
-        if self.pending is not None and self.pending[0][:2] == key[:2]:
-            future, self.pending = self.pending[1], None
-            return future.result()  # generated with the weights of one sync earlier
-        self.pending = None
-        return self._generate(requests, sampling)
+        return self._generate(requests, sampling, self.lora)
 
-    def prefetch_next(self, requests: list[Request], sampling: SamplingParams) -> None:
-        """Start generating the next call's rollouts now, with the weights the server has now."""
+    def submit(self, requests: list[Request], sampling: SamplingParams) -> Future[list[Completion]]:
+        """With `prefetch`: send the requests from a background thread and return at once."""
         if self.pool is None:
-            raise ValueError("prefetch_next needs ServerEngine(prefetch=True)")
-        key = (tuple((tuple(r.prompt_ids), r.seed) for r in requests), sampling, self.version)
-        self.pending = (key, self.pool.submit(self._generate, requests, sampling))
+            return super().submit(requests, sampling)
+        self.in_flight = self.pool.submit(self._generate, requests, sampling, self.lora)
+        return self.in_flight
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Save the policy under `weights_dir` and make the server load it."""
+        """Save the policy under `weights_dir` and make the server load it.
+
+        A generation still in flight finishes first, with the weights it was sent with.
+        """
         from lit_swift import tuners
+
+        if self.in_flight is not None:
+            wait([self.in_flight])  # its error, if any, goes to whoever reads the future
 
         self.version += 1
         folder = self.weights_dir / f"v{self.version}"
@@ -185,7 +192,7 @@ class ServerEngine(RolloutEngine):
         if tuners.is_peft(model):
             if self.lora is not None:
                 self._post("/unload_lora_adapter", {"lora_name": self.lora})
-            self.lora = f"{ADAPTER}-v{self.version}"
+            self.lora = f"{self.name}-v{self.version}"
             self._post("/load_lora_adapter", {"lora_name": self.lora, "lora_path": str(folder)})
         else:
             result = self._post("/update_weights_from_disk", {"model_path": str(folder)})
@@ -196,6 +203,12 @@ class ServerEngine(RolloutEngine):
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+        if self.lora is not None:  # leave the server as found (best effort: it may be gone already)
+            try:
+                self.client.post("/unload_lora_adapter", json={"lora_name": self.lora})
+            except Exception:  # noqa: BLE001, S110
+                pass
+            self.lora = None
         self.client.close()
         if self.own_dir:
             shutil.rmtree(self.weights_dir, ignore_errors=True)

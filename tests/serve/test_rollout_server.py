@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import httpx
 import pytest
 import torch
@@ -107,14 +109,41 @@ def test_bad_generate_bodies_are_400s(server):
     assert single.status_code == 200 and len(single.json()["output_ids"]) == 2
 
 
-def test_prefetch_returns_the_rollouts_requested_ahead(server, smollm2_tokenizer):
+def test_prefetch_submits_in_the_background(server, smollm2_tokenizer):
     requests = batch(smollm2_tokenizer, n=1)
-    engine = ServerEngine(server, prefetch=True)
+    engine, plain = ServerEngine(server, prefetch=True), ServerEngine(server)
     try:
-        direct = engine.generate(requests, SAMPLING)
-        engine.prefetch_next(requests, SAMPLING)
-        assert engine.pending is not None
-        same(engine.generate(requests, SAMPLING), direct)  # seeded: the prefetched rollouts are the same
-        assert engine.pending is None
+        assert engine.asynchronous and not plain.asynchronous
+        direct = plain.submit(requests, SAMPLING)
+        assert direct.done()  # a synchronous engine's future is already resolved
+        future = engine.submit(requests, SAMPLING)
+        assert engine.in_flight is future
+        same(future.result(timeout=120), direct.result())  # seeded: the same rollouts
     finally:
         engine.close()
+        plain.close()
+
+
+def test_two_engines_share_one_server_and_leave_it_clean(server, local, smollm2_tokenizer):
+    """Adapter names carry the engine's id: two trainers (DDP ranks, a resumed run) load their policies
+    side by side, and `close` unloads what it loaded."""
+    requests = batch(smollm2_tokenizer, n=1)
+    policy = tuners.LoRA(r=4, alpha=8, dropout=0.0).apply(copy.deepcopy(local))
+    first, second = ServerEngine(server), ServerEngine(server)
+    try:
+        first.sync_weights(policy)
+        second.sync_weights(policy)
+        assert first.lora != second.lora
+        same(first.generate(requests, SAMPLING), second.generate(requests, SAMPLING))
+        names = [first.lora, second.lora]
+    finally:
+        first.close()
+        second.close()
+    for name in names:
+        body = {
+            "input_ids": requests[0].prompt_ids,
+            "sampling_params": {"max_new_tokens": 1},
+            "lora_path": name,
+        }
+        answer = httpx.post(server + "/generate", json=body, timeout=30)
+        assert answer.status_code == 400 and "no adapter loaded" in answer.json()["error"]["message"]
