@@ -39,7 +39,7 @@ from lit_swift.losses.rl import (
 from lit_swift.objectives.base import CausalLMObjective
 from lit_swift.objectives.dpo import frozen_copy
 from lit_swift.rewards.base import Reward, RewardSet
-from lit_swift.rollout.buffer import Rollout, gather_groups, rollout_stats, write_completions
+from lit_swift.rollout.buffer import InFlight, Rollout, gather_groups, rollout_stats, write_completions
 from lit_swift.rollout.engine import Completion, Request, RolloutEngine, SamplingParams, completion_seed
 from lit_swift.rollout.hf import HFEngine, completion_logps, rollout_batch
 
@@ -132,7 +132,7 @@ class GRPO(CausalLMObjective):
         self.automatic_optimization = False
         self.reference: torch.nn.Module | None = None
         self.pending: list[Rollout] = []  # dynamic sampling: kept groups waiting for the step to fill
-        self.in_flight: tuple[dict[str, Any], Future] | None = None  # asynchronous engine: next rollout
+        self.in_flight: InFlight | None = None  # asynchronous engine: the batch generating now
         self.draws = 0
         self.rollouts_done = 0
         self.last_rollout: dict[str, float] = {}  # the latest rollout's stats (this rank)
@@ -257,13 +257,9 @@ class GRPO(CausalLMObjective):
 
     def swap_in_flight(self, batch: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple | None]:
         """Send `batch` to the asynchronous engine; return the batch sent before, with its rollouts."""
-        prompts, future = self.submit(batch, self.num_generations, self.sampling())
         previous = self.in_flight
-        self.in_flight = (_plain(batch, prompts), future)
-        if previous is None:
-            return None, None
-        sent, future = previous
-        return sent, (sent["prompts"], future.result())
+        self.in_flight = InFlight(batch, *self.submit(batch, self.num_generations, self.sampling()))
+        return previous.result() if previous is not None else (None, None)
 
     def global_sum(self, value: float, op: str = "sum") -> float:
         """`value` reduced over the ranks (`sum` or `max`)."""
@@ -407,11 +403,7 @@ class GRPO(CausalLMObjective):
     # ----- checkpoints -----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        in_flight = None
-        if self.in_flight is not None:  # the rollout generating now: awaited and saved with the weights
-            sent, future = self.in_flight
-            comps = [(c.token_ids, c.logprobs, c.finish_reason) for c in future.result()]
-            in_flight = {**sent, "completions": comps}
+        in_flight = self.in_flight.state() if self.in_flight is not None else None  # awaits it
         checkpoint["grpo"] = {
             "pending": [r.state() for r in self.pending],
             "draws": self.draws,
@@ -424,22 +416,7 @@ class GRPO(CausalLMObjective):
         state = checkpoint.get("grpo", {})
         self.pending = [Rollout.from_state(s) for s in state.get("pending", [])]
         self.draws, self.rollouts_done = state.get("draws", 0), state.get("rollouts_done", 0)
-        self.in_flight = None
-        if state.get("in_flight"):
-            sent = dict(state["in_flight"])
-            future: Future = Future()
-            future.set_result([Completion(t, lp, f) for t, lp, f in sent.pop("completions")])
-            self.in_flight = (sent, future)
-
-
-def _plain(batch: dict[str, Any], prompts: list[list[int]]) -> dict[str, Any]:
-    """What scoring and dynamic sampling need of a prompt batch, as checkpoint-safe lists."""
-    return {
-        "prompts": prompts,
-        "row_ids": [int(r) for r in batch["row_ids"]],
-        "extra": list(batch["extra"]),
-        "step_num_rows": int(batch["step_num_rows"]),
-    }
+        self.in_flight = InFlight.from_state(state["in_flight"]) if state.get("in_flight") else None
 
 
 def _rows(batch: dict[str, Tensor], rows: list[int]) -> dict[str, Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,37 @@ class Rollout:
             [c for r in parts for c in r.completions],
             torch.cat([r.advantages for r in parts]) if parts else torch.zeros(0),
         )
+
+
+class InFlight:
+    """A prompt batch sent to an asynchronous engine: what scoring needs of it, and its future rollouts.
+
+    `sent` holds plain lists only (`prompts` flat and prompt-major, `row_ids`, `extra`, `step_num_rows`),
+    so `state()` (which waits for the completions) can go into a checkpoint.
+    """
+
+    def __init__(self, batch: dict[str, Any], prompts: list[list[int]], future: Future):
+        self.sent = {
+            "prompts": prompts,
+            "row_ids": [int(r) for r in batch["row_ids"]],
+            "extra": list(batch["extra"]),
+            "step_num_rows": int(batch["step_num_rows"]),
+        }
+        self.future = future
+
+    def result(self) -> tuple[dict[str, Any], tuple[list[list[int]], list[Completion]]]:
+        """The batch as sent and (prompts, completions), waiting for the engine if it still generates."""
+        return self.sent, (self.sent["prompts"], self.future.result())
+
+    def state(self) -> dict[str, Any]:
+        comps = [(c.token_ids, c.logprobs, c.finish_reason) for c in self.future.result()]
+        return {**self.sent, "completions": comps}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> InFlight:
+        future: Future = Future()
+        future.set_result([Completion(t, lp, f) for t, lp, f in state["completions"]])
+        return cls(state, state["prompts"], future)
 
 
 def write_completions(path: Path, rows: list[tuple], loggers: list, step: int) -> None:

@@ -137,8 +137,8 @@ def test_dynamic_sampling_drops_exactly_the_zero_spread_groups(tmp_path, monkeyp
     seen: list[tuple[torch.Tensor, int]] = []
     original_rollout, original_update = GRPO.rollout, GRPO.update
 
-    def rollout(self, batch):
-        out = original_rollout(self, batch)
+    def rollout(self, batch, generated=None):
+        out = original_rollout(self, batch, generated)
         seen.append(("draw", out[1].clone()))
         return out
 
@@ -156,7 +156,6 @@ def test_dynamic_sampling_drops_exactly_the_zero_spread_groups(tmp_path, monkeyp
     assert len(draws) >= 2 or kept >= 4  # drew again when the first batch did not fill the step
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dapo", "dr_grpo", "gspo", "cispo", "rloo"])
 def test_fit_variant_debug_configs(name, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -189,7 +188,6 @@ def metrics_by_step(
     return out
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_last_repeats_rewards_and_losses(tmp_path):
     """A real process killed after its step-2 checkpoint, resumed with `--ckpt_path last`: the later
     rollouts (rewards from a user reward file, entropy) and losses equal the uninterrupted run's."""
