@@ -126,7 +126,6 @@ def test_server_evaluation_rejects_log_likelihood_tasks(tiny_tasks_dir):
         )
 
 
-@pytest.mark.slow  # starts a server process: ~1 min alone, several on a loaded CPU
 def test_server_matches_local_greedy_exact_match(tiny_model_dir, tiny_tasks_dir, tmp_path):
     """`lit-swift deploy` of the 2-layer model, scored through lm-eval's chat-completions model, gives the
     local HF model's greedy answers (chat template on both sides) and so the same exact match."""

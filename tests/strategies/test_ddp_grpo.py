@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +50,6 @@ def lora_weights(root: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     fit(tmp_path / "one", "--data.init_args.batch_size", "4")
     ddp = ["--config", str(ROOT / "configs/trainer/ddp_cpu.yaml"), "--data.init_args.batch_size", "2"]
