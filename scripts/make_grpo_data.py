@@ -4,7 +4,7 @@ Questions are deduplicated and the first `--val` distinct ones are held out. Eac
 text, with `source_dataset`) in `metadata`, so the `reasoning_gym` reward calls the task's own
 `score_answer` and `accuracy` compares numbers.
     pip install reasoning-gym
-    python scripts/make_grpo_data.py [--out data/grpo] [--train 512] [--val 64]
+    python scripts/make_grpo_data.py [--out data/grpo] [--train 512] [--val 128]
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 INSTRUCTION = "Reply with only the number."
 
 
-def rows(size: int, seed: int, max_digits: int, operators: list[str]) -> list[dict]:
+def rows(size: int, seed: int, digits: tuple[int, int], terms: int, operators: list[str]) -> list[dict]:
     import reasoning_gym
 
     data = reasoning_gym.create_dataset(
-        "basic_arithmetic", size=size, seed=seed, min_terms=2, max_terms=2, min_digits=1,
-        max_digits=max_digits, operators=operators, allow_parentheses=False, allow_negation=False,
+        "basic_arithmetic", size=size, seed=seed, min_terms=terms, max_terms=terms, min_digits=digits[0],
+        max_digits=digits[1], operators=operators, allow_parentheses=False, allow_negation=False,
     )  # fmt: skip
     out = []
     for entry in data:
@@ -38,15 +38,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/grpo")
     parser.add_argument("--train", type=int, default=512)
-    parser.add_argument("--val", type=int, default=64)
-    parser.add_argument("--max-digits", type=int, default=1)
+    parser.add_argument("--val", type=int, default=128)
+    parser.add_argument("--min-digits", type=int, default=2)
+    parser.add_argument("--max-digits", type=int, default=2)
+    parser.add_argument("--terms", type=int, default=2)
     parser.add_argument("--operators", default="+,-")
     args = parser.parse_args(argv)
     operators = args.operators.split(",")
     # distinct questions only, held-out ones first: no validation question is ever trained on
     distinct = {
         r["messages"][0]["content"]: r
-        for r in rows(4 * (args.train + args.val), 1, args.max_digits, operators)
+        for r in rows(
+            4 * (args.train + args.val), 1, (args.min_digits, args.max_digits), args.terms, operators
+        )
     }
     unique = list(distinct.values())
     val, train = unique[: args.val], unique[args.val : args.val + args.train]
