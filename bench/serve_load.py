@@ -5,7 +5,7 @@ failures, p50/p99 latency, p50/p99 time to first token, aggregate generated toke
 tokens/s of the same kind of request sent one at a time (the batching gain is their ratio).
 
     python bench/serve_load.py --requests 1000 --concurrency 32                  # lit-swift deploy
-    python bench/serve_load.py --server transformers --requests 1000 --concurrency 32
+    python bench/serve_load.py --server transformers --requests 1000 --concurrency 32 [--continuous_batching]
     python bench/serve_load.py --url http://127.0.0.1:8000/v1 --model NAME      # a running server
 """
 
@@ -95,7 +95,7 @@ async def load(
     }  # fmt: skip
 
 
-def start(server: str, model: str, port: int) -> tuple[subprocess.Popen, str]:
+def start(server: str, model: str, port: int, continuous: bool = False) -> tuple[subprocess.Popen, str]:
     """Start `lit-swift deploy` or `transformers serve` on `port`; returns the process and model name."""
     from lit_swift import models
     from tests.serve.helpers import start_server
@@ -115,6 +115,7 @@ def start(server: str, model: str, port: int) -> tuple[subprocess.Popen, str]:
         str(port),
         "--device",
         "cpu",
+        *(["--continuous-batching"] if continuous else []),
     ]
     log = open(f"/tmp/transformers-serve-{port}.log", "w")  # a pipe nobody reads would fill up and block it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
@@ -144,10 +145,15 @@ def main() -> None:
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", help="append the JSON result to this file")
+    parser.add_argument(
+        "--continuous_batching",
+        action="store_true",
+        help="transformers serve only: its --continuous-batching mode (paged attention)",
+    )
     args = parser.parse_args()
     proc, url, model = None, args.url, args.model
     if url is None:
-        proc, model = start(args.server, args.model, args.port)
+        proc, model = start(args.server, args.model, args.port, args.continuous_batching)
         url = f"http://127.0.0.1:{args.port}/v1"
     try:
         asyncio.run(load(url, model, 2, 2, 4))  # warm-up
@@ -159,6 +165,7 @@ def main() -> None:
             proc.wait(timeout=120)
     result = {
         "server": args.url or args.server, "model": args.model, "max_tokens": args.max_tokens,
+        "continuous_batching": args.continuous_batching,
         "single": single, "loaded": loaded,
         "speedup_vs_single": round(loaded["tokens_per_s"] / max(single["tokens_per_s"], 1e-9), 2),
         "exit_code": None if proc is None else proc.returncode,
