@@ -94,5 +94,5 @@ def test_generation_metrics_reads_grpo_prompt_rows():
     from lit_swift.callbacks.eval import read_references
 
     rows = read_references(ROOT / "data/grpo/val.jsonl", "solution", 2)
-    assert rows[0] == ([{"role": "user", "content": "Calculate 4 - 1. Reply with only the number."}], "3")
+    assert rows[0] == ([{"role": "user", "content": "Calculate 32 - 15. Reply with only the number."}], "17")
     assert len(rows) == 2
