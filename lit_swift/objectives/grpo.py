@@ -74,7 +74,8 @@ class GRPO(CausalLMObjective):
             filtering; the soft punishment is the `soft_overlong` reward).
         dynamic_sampling: drop groups whose rewards all agree and draw more batches until the step has
             `batch_size x world_size` groups (DAPO).
-        max_draws: batches drawn at most per step with dynamic sampling (then it trains on what it has).
+        max_draws: batches drawn at most per step with dynamic sampling (then it trains on what it has;
+            an error if that is nothing).
         tis_cap: truncated importance sampling cap C: weight tokens by min(pi_train / pi_rollout, C)
             using the engine's log-probs; None disables it.
         max_grad_norm: gradient clipping (None: off). Trainer `gradient_clip_val` is not available with
@@ -250,8 +251,13 @@ class GRPO(CausalLMObjective):
                 return None
             self.log("train/dynamic_sampling/draws", float(self.draws), batch_size=1)
             rollout, self.pending, self.draws = Rollout.cat(self.pending), [], 0
-            if kept == 0:
-                return None
+            if kept == 0:  # skipping would loop over the data forever without an optimizer step
+                raise RuntimeError(
+                    f"dynamic sampling: every group of the last {self.max_draws} draws had rewards with zero "
+                    "spread (all completions of each prompt scored the same), so the step has nothing to "
+                    "train on. Check the rewards on a few completions (completions.csv), make the prompts "
+                    "easier or the completion budget longer, or raise max_draws."
+                )
         self.rollouts_done += 1
         self.update(rollout)
 

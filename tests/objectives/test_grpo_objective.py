@@ -156,6 +156,16 @@ def test_dynamic_sampling_drops_exactly_the_zero_spread_groups(tmp_path, monkeyp
     assert len(draws) >= 2 or kept >= 4  # drew again when the first batch did not fill the step
 
 
+def constant_reward(completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+def test_dynamic_sampling_with_no_reward_spread_stops_with_an_error(tmp_path):
+    """Every group zero-spread for `max_draws` draws: a clear error, not an endless run without a step."""
+    with pytest.raises(RuntimeError, match="zero spread"):
+        fit(tmp_path, 1, rewards=[constant_reward], dynamic_sampling=True, max_draws=2)
+
+
 @pytest.mark.parametrize("name", ["dapo", "dr_grpo", "gspo", "cispo", "rloo"])
 def test_fit_variant_debug_configs(name, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
