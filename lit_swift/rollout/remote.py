@@ -148,9 +148,12 @@ class ServerEngine(RolloutEngine):
         self.lora: str | None = None
         self.name = f"{ADAPTER}-{secrets.token_hex(4)}"
         self.version = 0
-        self.asynchronous = prefetch
         self.pool = ThreadPoolExecutor(1) if prefetch else None
         self.in_flight: Future | None = None
+
+    @property
+    def asynchronous(self) -> bool:  # type: ignore[override]
+        return self.pool is not None
 
     def _post(self, route: str, body: dict) -> Any:
         answer = self.client.post(route, json=body)
